@@ -1,0 +1,1 @@
+"""The Typer app. Only this package imports Typer and Rich; nothing imports it."""

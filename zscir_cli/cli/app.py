@@ -1,0 +1,70 @@
+"""The `zscir` app: this module only assembles commands (each lives in its own module)."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+import typer
+
+from zscir_cli import __version__
+from zscir_cli.cli import cache, demo, index, models, prepare, pretrain, query
+from zscir_cli.cli.console import debug_enabled, error, setup_logging
+from zscir_cli.core.errors import EXIT_USER_ERROR, UserError
+
+app = typer.Typer(
+    name="zscir", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Zero-shot composed image retrieval: a reference image plus a modification text.",
+    context_settings={"help_option_names": ["-h", "--help"]})
+
+app.add_typer(prepare.app, name="prepare")
+app.command(help="Train the base CLIP of the shapes world from scratch.")(pretrain.pretrain)
+app.command(help="Embed a gallery (a folder or a prepared data set) into a faiss index.")(index.index)
+app.command(help="Rank an index for a reference image plus a modification text.")(query.query)
+app.command(help="Prepare, pretrain, index, query and evaluate on the shapes world, offline.")(demo.demo)
+app.command(help="List the architectures --model accepts.")(models.models)
+app.add_typer(cache.app, name="cache")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zscir {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Zero-shot composed image retrieval, from mapping to composing."""
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the app and return its exit code: 0 ok, 2 bad input, 1 a bug, 130 interrupted."""
+    setup_logging()
+    try:
+        app(args=argv, prog_name="zscir", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:  # usage errors: click's own message, exit 2
+        e.show()
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        error("interrupted; completed artifacts are kept, the partial one was removed.")
+        return 130
+    except UserError as e:
+        if debug_enabled():
+            traceback.print_exc()
+        error(str(e))
+        return EXIT_USER_ERROR
+    except Exception as e:  # noqa: BLE001 - a bug: say so, show the traceback on request
+        if debug_enabled():
+            traceback.print_exc()
+        error(f"{type(e).__name__}: {e}. This is a bug in zscir; run again with ZSCIR_DEBUG=1 "
+              "for the traceback and report it.")
+        return 1
+
+
+def main() -> None:
+    sys.exit(run())

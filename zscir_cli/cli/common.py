@@ -1,0 +1,30 @@
+"""Small helpers the command modules share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from zscir_cli.cli.console import RichReporter, out
+from zscir_cli.core.cache import ArtifactStore
+from zscir_cli.pipeline.context import Context
+
+
+def make_context(cache_dir: Path | None = None, device: str = "auto",
+                 workers: int | None = None) -> Context:
+    return Context(store=ArtifactStore(cache_dir), reporter=RichReporter(), device=device,
+                   workers=workers)
+
+
+def print_json(obj: Any) -> None:
+    out.print_json(json.dumps(obj, default=str))
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,79 @@
+"""`zscir demo`: prepare, pretrain, index, query and evaluate on the shapes world, offline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from zscir_cli.cli.common import make_context, print_json
+from zscir_cli.cli.console import err, out
+from zscir_cli.cli.options import CacheDir, Device, Json, Seed
+
+
+def demo(
+    seed: Seed = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Pretraining steps [default: 900].",
+                                                 show_default=False)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny run in seconds, to check the "
+                                        "installation (its numbers mean nothing).")] = False,
+    html: Annotated[Path, typer.Option(help="Where to write the example queries' HTML page.")] = Path("zscir-demo.html"),
+    json_out: Json = False,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
+) -> None:
+    """Composed image retrieval end to end on the embedded shapes world, offline, on a CPU."""
+    from dataclasses import replace
+
+    from zscir_cli.pipeline.demo import DemoConfig, run_demo
+
+    start = time.time()
+    ctx = make_context(cache_dir, device)
+    cfg = DemoConfig.quick(seed) if quick else DemoConfig()
+    if not quick:
+        cfg.world = replace(cfg.world, seed=seed)
+        cfg.pretrain = replace(cfg.pretrain, seed=seed)
+    if steps is not None:
+        cfg.pretrain = replace(cfg.pretrain, steps=steps)
+    cfg.html = html
+    res = run_demo(ctx, cfg)
+    total = time.time() - start
+    ev = res.evaluation
+    if json_out:
+        print_json({"timings_s": {**{k: round(v, 2) for k, v in res.timings.items()}, "total": round(total, 2)},
+                    "backbone": res.backbone_eval, "checkpoint": res.checkpoint, "index": res.index_key,
+                    "evaluation": {**{k: v for k, v in ev.items() if k != "results"},
+                                   "results": {r.method: {**r.metrics, "by_edit_R@1": r.by_edit}
+                                               for r in ev["results"]}},
+                    "html": str(html.resolve())})
+        return
+    from rich.table import Table
+
+    for ex in res.examples:
+        t = Table(title=f"{ex.reference} + \"{ex.text}\" (method {ex.method})", title_justify="left")
+        t.add_column("rank", justify="right")
+        t.add_column("id")
+        t.add_column("score", justify="right")
+        for h in ex.hits:
+            t.add_row(str(h.rank), h.id, f"{h.score:.3f}")
+        out.print(t)
+    b = res.backbone_eval
+    out.print(f"base CLIP ({b['val_images']} val images): caption R@1 {b['caption_r1']:.1f}%, "
+              f"colour {b.get('colour_acc', 0):.1f}%, shape {b.get('shape_acc', 0):.1f}%, "
+              f"size {b.get('size_acc', 0):.1f}%, colour binding {b.get('binding_acc', 0):.1f}%")
+    table = Table(title=f"shapes CIR, {ev['split']} split: {ev['queries']} queries, gallery "
+                        f"{ev['gallery']} (reference removed; several ground truths per query)",
+                  title_justify="left")
+    for col in ("method", "R@1", "R@10", "R@50", "mAP@10"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in ev["results"]:
+        table.add_row(r.method, *(f"{r.metrics[m]:.1f}" for m in ("R@1", "R@10", "R@50", "mAP@10")))
+    out.print(table)
+    out.print("These are numbers of the embedded shapes lab (a small CLIP trained here from scratch), "
+              "not of any public benchmark.")
+    err.print(f"HTML page: {html.resolve()}")
+    err.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()) + f", total {total:.1f}s")
+    err.print(f"try: zscir query {res.examples[0].reference if res.examples else 'REF'} \"make it green\" "
+              f"--index {res.index_key}" + (f" --cache-dir {ctx.store.root}" if cache_dir else ""))

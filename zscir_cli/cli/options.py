@@ -1,0 +1,28 @@
+"""Options shared by several commands, as Annotated aliases (one definition each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+CacheDir = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="Cache root [default: $ZSCIR_HOME, else $XDG_CACHE_HOME/zscir, else "
+                        "~/.cache/zscir].", show_default=False)]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Workers = Annotated[Optional[int], typer.Option(
+    help="DataLoader workers for image decoding [default: one per spare core, at most 4].",
+    show_default=False)]
+Seed = Annotated[int, typer.Option(help="Random seed: the same seed gives the same artifact.")]
+Model = Annotated[Optional[str], typer.Option(
+    "--model", help="OpenCLIP architecture (e.g. ViT-L-14, or zscir-shapes-rn), or an "
+                    "hf-hub:/local-dir: id [default: ViT-L-14, or the model of --index].",
+    show_default=False)]
+Pretrained = Annotated[Optional[str], typer.Option(
+    "--pretrained", help="Weights: a zoo tag (openai, laion2b_s32b_b82k, ...), a local "
+                         ".safetensors/.pt/.bin file, 'latest' (the newest 'zscir pretrain' of "
+                         "--model), or 'none' for random weights [default: openai].",
+    show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")]
+Force = Annotated[bool, typer.Option("--force", help="Rebuild even if the cache holds the result.")]

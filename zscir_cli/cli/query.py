@@ -1,0 +1,59 @@
+"""`zscir query`: a reference image plus a modification text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from zscir_cli.cli.common import make_context, print_json
+from zscir_cli.cli.console import err, out
+from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
+
+
+def query(
+    reference: Annotated[str, typer.Argument(help="Reference image: a file, or an id in the index.")],
+    text: Annotated[str, typer.Argument(help="Modification text, e.g. \"make it red\".")],
+    method: Annotated[str, typer.Option(help="image, text or sum.")] = "sum",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show.")] = 10,
+    index: Annotated[Optional[str], typer.Option(
+        "--index", help="Index key (from 'zscir index' or 'zscir cache ls') [default: the newest "
+                        "index built with the model].", show_default=False)] = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    html: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write a self-contained HTML page with thumbnails.")] = None,
+    json_out: Json = False,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
+) -> None:
+    """Find the gallery images that show REFERENCE changed as TEXT says."""
+    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+    from zscir_cli.pipeline.query import resolve_query_index, run_query, spec_of_index, write_html
+
+    ctx = make_context(cache_dir, device)
+    if model is None and pretrained is None and index is not None:
+        art = resolve_query_index(ctx, None, index)  # the index names its own model
+        spec = spec_of_index(art)
+    else:
+        spec = resolve_spec(ctx, model, pretrained)
+        art = resolve_query_index(ctx, spec, index)
+    err.print(f"using index {art.key} ({art.description})", highlight=False)
+    backbone = open_backbone(ctx, spec)
+    res = run_query(ctx, backbone, art, reference, text, method=method, k=top_k)
+    if html is not None:
+        write_html([res], html, title=f"zscir: {text}")
+        err.print(f"wrote {html}")
+    if json_out:
+        print_json(res.to_json())
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{method}: {reference} + \"{text}\"", title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("id")
+    table.add_column("score", justify="right")
+    for hit in res.hits:
+        table.add_row(str(hit.rank), hit.id, f"{hit.score:.4f}")
+    out.print(table)

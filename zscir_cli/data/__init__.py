@@ -1,0 +1,1 @@
+"""Data sets: the embedded shapes world and user image folders. Never imports the model."""

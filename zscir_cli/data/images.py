@@ -1,0 +1,90 @@
+"""Galleries of images: a folder on disk or a prepared data set's split."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from zscir_cli.core.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def load_rgb(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """Open an image from a path, bytes or PIL image and convert any mode to RGB."""
+    if isinstance(source, Image.Image):
+        img = source
+    elif isinstance(source, (bytes, bytearray)):
+        img = Image.open(io.BytesIO(source))
+    else:
+        img = Image.open(source)
+    img.load()
+    return img.convert("RGB")
+
+
+def open_image_arg(path: str | Path) -> Image.Image:
+    """An image named on the command line, with a user error when it cannot be read."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"Image not found: {p}.", "Check the path.")
+    try:
+        return load_rgb(p)
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"Cannot read {p} as an image ({e}).",
+                        f"Give a {', '.join(IMAGE_SUFFIXES)} file.") from e
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every image below `root`, recursively, sorted by relative path."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"Gallery folder not found: {root}.",
+                        "Give a folder of images, or a prepared data set such as 'shapes'.")
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found under {root}.",
+                        "Point zscir at a folder that holds images.")
+    return files
+
+
+class Gallery:
+    """Indexed images: `ids[i]` names image i, `image(i)` loads it as RGB."""
+
+    ids: list[str]
+    source: dict[str, Any]  # how the manifest names it
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image(self, i: int) -> Image.Image:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class FolderGallery(Gallery):
+    def __init__(self, root: str | Path, files: list[Path] | None = None):
+        self.root = Path(root).expanduser().resolve()
+        self.files = files if files is not None else list_images(self.root)
+        self.ids = [p.relative_to(self.root).as_posix() for p in self.files]
+        self.source = {"kind": "folder", "root": str(self.root)}
+
+    def image(self, i: int) -> Image.Image:
+        return load_rgb(self.files[i])
+
+    def path(self, i: int) -> Path:
+        return self.files[i]
+
+
+class DatasetGallery(Gallery):
+    """A split of a prepared data set stored with Hugging Face `datasets` (columns id, image)."""
+
+    def __init__(self, dataset, source: dict[str, Any]):
+        self.dataset = dataset
+        self.ids = list(dataset["id"])
+        self.source = source
+
+    def image(self, i: int) -> Image.Image:
+        return load_rgb(self.dataset[i]["image"])

@@ -1,0 +1,1 @@
+"""Retrieval metrics over rankings. Pure numpy; no model, no index."""

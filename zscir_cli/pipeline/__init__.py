@@ -1,0 +1,1 @@
+"""Use cases that the commands call: each takes plain values and a Context, returns results."""

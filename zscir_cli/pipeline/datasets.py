@@ -1,0 +1,139 @@
+"""Prepared data sets: writing the shapes world to the cache and finding prepared sets again.
+
+A prepared data set is an artifact of kind 'dataset' holding Hugging Face `datasets` folders
+(`save_to_disk`): `pairs` (image-caption pairs: train, val), and for composed-retrieval sets
+`cir` (queries: val, test) and `gallery` (val, test).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from zscir_cli.core.cache import Artifact, identity
+from zscir_cli.core.errors import UserError
+from zscir_cli.data import shapes
+from zscir_cli.data.images import DatasetGallery, FolderGallery, Gallery
+from zscir_cli.pipeline.context import Context
+
+KIND = "dataset"
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=1)
+    return buf.getvalue()
+
+
+def prepare_shapes(ctx: Context, cfg: shapes.WorldConfig, force: bool = False) -> tuple[Artifact, bool]:
+    """Generate and store the shapes world; returns (artifact, built_now)."""
+    import datasets as hf
+
+    config = {"name": "shapes", **asdict(cfg)}
+    key = ctx.store.key_for(KIND, config)
+    found = ctx.store.get(KIND, key)
+    if found is not None and not force:
+        return found, False
+    if found is not None:
+        ctx.store.remove(found)
+
+    image_feature = hf.Image()
+    pair_features = hf.Features({"id": hf.Value("string"), "image": image_feature,
+                                 "caption": hf.Value("string"), "scene": hf.Value("string")})
+    gallery_features = hf.Features({"id": hf.Value("string"), "image": image_feature,
+                                    "caption": hf.Value("string"), "scene": hf.Value("string"),
+                                    "role": hf.Value("string")})
+
+    def image_rows(records: list[dict], what: str, extra=()) -> dict[str, list]:
+        cols: dict[str, list] = {"id": [], "image": [], "caption": [], "scene": []}
+        for name in extra:
+            cols[name] = []
+        for r in ctx.reporter.track(records, f"rendering {what}"):
+            cols["id"].append(r["id"])
+            cols["image"].append({"bytes": _png(shapes.render_record(cfg, r)), "path": None})
+            cols["caption"].append(r["caption"])
+            cols["scene"].append(r["scene"].to_json())
+            for name in extra:
+                cols[name].append(r[name])
+        return cols
+
+    counts: dict[str, Any] = {}
+    with ctx.store.create(KIND, key, config=config, seed=cfg.seed,
+                          description=f"shapes world, seed {cfg.seed}: {cfg.train_pairs} train pairs, "
+                                      f"{cfg.cir_queries} CIR queries per split") as out:
+        pairs = {}
+        for split, n in (("train", cfg.train_pairs), ("val", cfg.val_pairs)):
+            records = [shapes.pair_record(cfg, split, i) for i in range(n)]
+            pairs[split] = hf.Dataset.from_dict(image_rows(records, f"{split} pairs"),
+                                                features=pair_features)
+            counts[f"pairs/{split}"] = n
+        hf.DatasetDict(pairs).save_to_disk(str(out.path / "pairs"))
+        cir, gallery = {}, {}
+        for split in ("val", "test"):
+            queries, items = shapes.cir_split(cfg, split)
+            gallery[split] = hf.Dataset.from_dict(
+                image_rows(items, f"{split} gallery", extra=("role",)), features=gallery_features)
+            cir[split] = hf.Dataset.from_list(queries)
+            counts[f"cir/{split}"] = len(queries)
+            counts[f"gallery/{split}"] = len(items)
+        hf.DatasetDict(cir).save_to_disk(str(out.path / "cir"))
+        hf.DatasetDict(gallery).save_to_disk(str(out.path / "gallery"))
+        out.manifest["name"] = "shapes"
+        out.manifest["counts"] = counts
+        out.manifest["splits"] = {"pairs": ["train", "val"], "cir": ["val", "test"]}
+    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
+
+
+def find_dataset(ctx: Context, name: str) -> Artifact:
+    """The newest prepared data set called `name` (or an artifact key)."""
+    found = ctx.store.find(KIND, lambda a: a.manifest.get("name") == name or a.key.startswith(name))
+    if not found:
+        raise UserError(f"No prepared data set '{name}' in {ctx.store.root}.",
+                        f"Run 'zscir prepare {name}' first." if name == "shapes" else
+                        "Run 'zscir prepare ...' for it first ('zscir cache ls' lists what exists).")
+    return found[0]
+
+
+def load_split(artifact: Artifact, part: str, split: str):
+    import datasets as hf
+
+    folder = artifact.path / part / split
+    if not folder.is_dir():
+        have = sorted(p.name for p in (artifact.path / part).glob("*") if p.is_dir())
+        raise UserError(f"Data set {artifact.manifest.get('name')} has no {part} split '{split}'.",
+                        f"Available: {', '.join(have) or 'none'}.")
+    return hf.load_from_disk(str(folder))
+
+
+def parse_gallery_arg(value: str) -> tuple[str, str | None]:
+    """'shapes' -> ('shapes', None); 'shapes:val' -> ('shapes', 'val')."""
+    name, _, split = value.partition(":")
+    return name, (split or None)
+
+
+def resolve_gallery(ctx: Context, value: str) -> Gallery:
+    """A folder path, or NAME[:SPLIT] of a prepared data set (default split: test)."""
+    path = Path(value).expanduser()
+    if path.exists() or "/" in value or value.startswith("."):
+        return FolderGallery(path)
+    name, split = parse_gallery_arg(value)
+    artifact = find_dataset(ctx, name)
+    split = split or "test"
+    ds = load_split(artifact, "gallery", split)
+    return DatasetGallery(ds, {"kind": "dataset", "dataset": identity(artifact), "name": name,
+                               "split": split})
+
+
+def gallery_from_source(ctx: Context, source: dict[str, Any]) -> Gallery | None:
+    """Re-open the gallery an index was built from (for thumbnails), or None if it is gone."""
+    try:
+        if source["kind"] == "folder":
+            return FolderGallery(source["root"])
+        art = ctx.store.get(KIND, source["dataset"]["key"])
+        if art is None:
+            return None
+        return DatasetGallery(load_split(art, "gallery", source["split"]), source)
+    except UserError:
+        return None

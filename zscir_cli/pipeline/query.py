@@ -1,0 +1,125 @@
+"""`zscir query`: one reference image plus a modification text against an index."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zscir_cli.core.cache import Artifact
+from zscir_cli.core.errors import UserError
+from zscir_cli.data.images import Gallery, open_image_arg
+from zscir_cli.index import search
+from zscir_cli.model.backbone import Backbone, ModelSpec, spec_from_identity
+from zscir_cli.pipeline.context import Context
+from zscir_cli.pipeline.datasets import gallery_from_source
+from zscir_cli.pipeline.indexing import find_index
+from zscir_cli.pipeline.methods import check_method, compose_queries
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    score: float
+
+
+@dataclass
+class QueryResult:
+    reference: str
+    text: str
+    method: str
+    index: Artifact
+    model: str
+    hits: list[Hit] = field(default_factory=list)
+    reference_image: Any = None  # PIL image, for the HTML page
+    gallery: Gallery | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "text": self.text, "method": self.method,
+                "index": self.index.key, "model": self.model,
+                "results": [{"rank": h.rank, "id": h.id, "score": round(h.score, 6)}
+                            for h in self.hits]}
+
+
+def resolve_query_index(ctx: Context, spec: ModelSpec | None, index_ref: str | None) -> Artifact:
+    return find_index(ctx, spec, index_ref)
+
+
+def run_query(ctx: Context, backbone: Backbone, index: Artifact, reference: str, text: str,
+              method: str = "sum", k: int = 10) -> QueryResult:
+    """Rank the index for (reference, text). `reference` is an image path or an id in the index."""
+    check_method(method)
+    if not text.strip() and method != "image":
+        raise UserError("The modification text is empty.",
+                        "Say what to change, e.g. \"make it red\" (or use --method image).")
+    if k < 1:
+        raise UserError(f"--top-k must be at least 1, got {k}.", "Pass --top-k 10, say.")
+    faiss_index, features, ids = search.load(index.path)
+    exclude: list[int] = []
+    gallery = gallery_from_source(ctx, index.manifest.get("gallery_source", {}))
+    if reference in ids and not Path(reference).is_file():
+        row = ids.index(reference)
+        ref_feat = np.asarray(features[row:row + 1], dtype=np.float32)
+        ref_img = gallery.image(row) if gallery is not None else None
+        exclude = [row]  # never return the reference itself
+    else:
+        if not Path(reference).expanduser().exists() and not any(s in reference for s in "/\\."):
+            raise UserError(f"'{reference}' is neither an image file nor an id in index {index.key}.",
+                            "Give an image path, or an id printed by an earlier query.")
+        ref_img = open_image_arg(reference)
+        tensor = backbone.preprocess(ref_img).unsqueeze(0)
+        ref_feat = backbone.encode_images(tensor).cpu().numpy()
+    query = compose_queries(method, backbone, ref_feat, [text])
+    rows, scores = search.rank(faiss_index, query, k, exclude=[exclude])
+    hits = [Hit(r + 1, ids[i], float(s)) for r, (i, s) in enumerate(zip(rows[0], scores[0])) if i >= 0]
+    return QueryResult(reference, text, method, index, backbone.spec.label(), hits, ref_img, gallery)
+
+
+def spec_of_index(index: Artifact) -> ModelSpec:
+    return spec_from_identity(index.manifest["model"])
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+
+def _data_uri(img, size: int = 160) -> str:
+    img = img.copy()
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_html(results: list[QueryResult], path: Path, title: str = "zscir results") -> None:
+    """One self-contained page: each query's reference, text and top-k thumbnails."""
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:1em}figure{display:inline-block;"
+             "margin:4px;text-align:center;font-size:11px}img{display:block;image-rendering:"
+             "pixelated;width:128px;height:128px;object-fit:contain;background:#eee}"
+             ".ref img{outline:3px solid #37c}section{margin-bottom:1.5em}</style></head><body>",
+             f"<h1>{esc(title)}</h1>"]
+    for res in results:
+        parts.append(f"<section><h2>{esc(res.text)}</h2><p>method <b>{esc(res.method)}</b>, "
+                     f"model {esc(res.model)}, index {esc(res.index.key)}</p>")
+        if res.reference_image is not None:
+            parts.append(f"<figure class='ref'><img src='{_data_uri(res.reference_image)}'>"
+                         f"reference<br>{esc(Path(res.reference).name)}</figure>")
+        for hit in res.hits:
+            img = ""
+            if res.gallery is not None and hit.id in res.gallery.ids:
+                try:
+                    img = f"<img src='{_data_uri(res.gallery.image(res.gallery.ids.index(hit.id)))}'>"
+                except Exception:  # noqa: BLE001 - a vanished file only loses its thumbnail
+                    img = ""
+            parts.append(f"<figure>{img}#{hit.rank} {esc(hit.id)}<br>{hit.score:.3f}</figure>")
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    tmp = path.with_name(f".{path.name}.incomplete")
+    tmp.write_text("".join(parts), encoding="utf-8")
+    tmp.replace(path)
