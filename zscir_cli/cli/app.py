@@ -5,13 +5,17 @@ from __future__ import annotations
 import sys
 import traceback
 
-import click
 import typer
 
 from zscir_cli import __version__
 from zscir_cli.cli import cache, demo, index, models, prepare, pretrain, query
 from zscir_cli.cli.console import debug_enabled, error, setup_logging
 from zscir_cli.core.errors import EXIT_USER_ERROR, UserError
+
+try:  # Typer >= 0.20 carries its own copy of Click
+    from typer.exceptions import TyperException as _ParseError
+except ImportError:  # pragma: no cover - older Typer on Click
+    from click import ClickException as _ParseError
 
 app = typer.Typer(
     name="zscir", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -45,12 +49,12 @@ def run(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="zscir", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.ClickException as e:  # usage errors: click's own message, exit 2
+    except _ParseError as e:  # usage errors: the parser's own message, exit 2
         e.show()
         return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         error("interrupted; completed artifacts are kept, the partial one was removed.")
         return 130
     except UserError as e:

@@ -52,7 +52,8 @@ def demo(
     from rich.table import Table
 
     for ex in res.examples:
-        t = Table(title=f"{ex.reference} + \"{ex.text}\" (method {ex.method})", title_justify="left")
+        out.print(f"\n{ex.reference} + \"{ex.text}\" (method {ex.method})", highlight=False)
+        t = Table()
         t.add_column("rank", justify="right")
         t.add_column("id")
         t.add_column("score", justify="right")
@@ -63,9 +64,9 @@ def demo(
     out.print(f"base CLIP ({b['val_images']} val images): caption R@1 {b['caption_r1']:.1f}%, "
               f"colour {b.get('colour_acc', 0):.1f}%, shape {b.get('shape_acc', 0):.1f}%, "
               f"size {b.get('size_acc', 0):.1f}%, colour binding {b.get('binding_acc', 0):.1f}%")
-    table = Table(title=f"shapes CIR, {ev['split']} split: {ev['queries']} queries, gallery "
-                        f"{ev['gallery']} (reference removed; several ground truths per query)",
-                  title_justify="left")
+    out.print(f"\nshapes CIR, {ev['split']} split: {ev['queries']} queries, gallery {ev['gallery']} "
+              "(reference removed; several ground truths per query)", highlight=False)
+    table = Table()
     for col in ("method", "R@1", "R@10", "R@50", "mAP@10"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in ev["results"]:

@@ -50,7 +50,8 @@ def query(
         return
     from rich.table import Table
 
-    table = Table(title=f"{method}: {reference} + \"{text}\"", title_justify="left")
+    out.print(f"{method}: {reference} + \"{text}\"", highlight=False)
+    table = Table()
     table.add_column("rank", justify="right")
     table.add_column("id")
     table.add_column("score", justify="right")

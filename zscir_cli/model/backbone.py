@@ -26,6 +26,7 @@ DEFAULT_PRETRAINED = "openai"
 SCHEMAS = ("hf-hub:", "local-dir:")
 RANDOM_WEIGHTS = ("none", "random")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+RANDOM_INIT_SEED = 0
 
 _registered = False
 
@@ -121,13 +122,17 @@ def load_backbone(spec: ModelSpec, *, cache_dir: Path | None = None,
     """Build the model and load its weights, turning every failure a user can fix into a UserError."""
     register_configs()
     spec = spec.normalised()
-    _check_spec(spec)
+    check_spec(spec)
     kwargs: dict[str, Any] = {"device": device}
     if cache_dir is not None:
         kwargs["cache_dir"] = str(Path(cache_dir) / "open_clip")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.name, pretrained=spec.pretrained, **kwargs)
+        # Random weights are seeded, so that 'random weights' names one model: an index built
+        # with them in one process can be queried in another.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.name, pretrained=spec.pretrained, **kwargs)
     except UserError:
         raise
     except Exception as e:  # OpenCLIP raises RuntimeError/OSError/ValueError for all of these
@@ -161,7 +166,9 @@ def _is_plain_clip(model: torch.nn.Module) -> bool:
     return hasattr(model, "token_embedding") and hasattr(model, "text_projection")
 
 
-def _check_spec(spec: ModelSpec) -> None:
+def check_spec(spec: ModelSpec) -> None:
+    """Refuse, with the fix, a name or weights source that cannot work, before loading anything."""
+    register_configs()
     if spec.name.startswith("local-dir:"):
         folder = Path(spec.name[len("local-dir:"):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from zscir_cli.core.device import resolve_device
 from zscir_cli.core.errors import UserError
 from zscir_cli.model.backbone import (DEFAULT_MODEL, DEFAULT_PRETRAINED, Backbone, ModelSpec,
-                                      load_backbone)
+                                      check_spec, load_backbone)
 from zscir_cli.pipeline.context import Context
 
 LATEST = "latest"
@@ -17,6 +17,7 @@ def resolve_spec(ctx: Context, model: str | None, pretrained: str | None) -> Mod
     from zscir_cli.pipeline.pretrain import KIND, WEIGHTS
 
     name = model or DEFAULT_MODEL
+    check_spec(ModelSpec(name))  # an unknown name is reported before any default is chosen
     if pretrained is None:
         pretrained = DEFAULT_PRETRAINED if model is None else _default_pretrained(ctx, name)
     if pretrained == LATEST:

@@ -27,7 +27,8 @@ from zscir_cli.core.cache import Artifact, identity
 from zscir_cli.core.device import autocast, resolve_device, seed_everything
 from zscir_cli.data import shapes
 from zscir_cli.data.images import DatasetGallery
-from zscir_cli.model.backbone import Backbone, ModelSpec, load_backbone, model_config, register_configs
+from zscir_cli.model.backbone import (Backbone, ModelSpec, check_spec, load_backbone, model_config,
+                                      register_configs)
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
 from zscir_cli.pipeline.encode import encode_gallery
@@ -125,9 +126,7 @@ def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes",
     ctx.store.ensure_writable()
     arch = model_config(cfg.model)
     if arch is None:
-        from zscir_cli.model.backbone import _check_spec
-
-        _check_spec(ModelSpec(cfg.model))  # raises the 'unknown model' error with choices
+        check_spec(ModelSpec(cfg.model))  # raises the 'unknown model' error with choices
     world = shapes.WorldConfig(**{k: v for k, v in data.manifest["config"].items() if k != "name"})
     device = resolve_device(ctx.device)
     seed_everything(cfg.seed)
@@ -220,12 +219,16 @@ def evaluate_backbone(ctx: Context, backbone: Backbone, data: Artifact, limit: i
     best_t = (txt @ img.T).argmax(dim=1).tolist()
     t2i = float(np.mean([captions[b] == captions[i] for i, b in enumerate(best_t)])) * 100
     scenes = [shapes.Scene.from_json(s) for s in val["scene"]]
+    probes = [_swap_probes(scene) for scene in scenes]
+    # encode every distinct probe caption once, in large batches
+    texts = sorted({t for p in probes for items in p.values() for true, alts in items for t in [true, *alts]})
+    row_of = {t: i for i, t in enumerate(texts)}
+    probe_feats = torch.cat([backbone.encode_texts(texts[i:i + 512]).cpu() for i in range(0, len(texts), 512)])
     acc: dict[str, list[bool]] = {}
-    for row, scene in enumerate(scenes):
-        for attr, items in _swap_probes(scene).items():
+    for row, p in enumerate(probes):
+        for attr, items in p.items():
             for true, alts in items:
-                feats = backbone.encode_texts([true] + alts).cpu()
-                scores = feats @ img[row]
+                scores = probe_feats[[row_of[true]] + [row_of[a] for a in alts]] @ img[row]
                 acc.setdefault(attr, []).append(bool(scores[0] > scores[1:].max()))
     out = {"val_images": len(captions), "caption_r1": round(i2t, 2), "text_to_image_r1": round(t2i, 2)}
     out.update({f"{k}_acc": round(100 * float(np.mean(v)), 2) for k, v in acc.items() if v})

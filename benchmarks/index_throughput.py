@@ -1,0 +1,77 @@
+"""`zscir index` throughput against the bare `model.encode_image` loop, in one run.
+
+Both encode the same images with the same model and batch size. The bare loop gets the images
+already decoded and preprocessed in memory (the upper bound); `zscir index` reads and decodes
+the files with DataLoader workers, encodes, and writes features and a faiss index. The ratio
+says how much of the model's speed the pipeline keeps (target: at least 0.95).
+
+    python benchmarks/index_throughput.py [--model ViT-B-32] [--images 256] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs of each; the best counts")
+    args = ap.parse_args()
+
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.data import shapes
+    from zscir_cli.data.images import FolderGallery
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
+    from zscir_cli.pipeline.context import Context
+    from zscir_cli.pipeline.indexing import build_index
+
+    backbone = load_backbone(ModelSpec(args.model, "none"))
+    size = backbone.preprocess.transforms[0].size
+    side = size if isinstance(size, int) else size[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        world = shapes.WorldConfig(seed=0, image_size=side)
+        for i in range(args.images):  # JPEGs at the model's resolution, as a photo folder would be
+            shapes.render_record(world, shapes.pair_record(world, "train", i)).save(folder / f"{i:05d}.jpg", quality=90)
+        gallery = FolderGallery(folder)
+        tensors = torch.stack([backbone.preprocess(gallery.image(i)) for i in range(len(gallery))])
+
+        def bare() -> None:
+            with torch.inference_mode():
+                for s in range(0, len(tensors), args.batch_size):
+                    backbone.model.encode_image(tensors[s:s + args.batch_size])
+
+        def pipeline(run: int) -> None:
+            ctx = Context(store=ArtifactStore(Path(tmp) / f"cache{run}"), workers=args.workers)
+            build_index(ctx, backbone, gallery, batch_size=args.batch_size)
+
+        bare()  # warm-up: allocator, oneDNN kernels
+        t_bare, t_pipe = [], []
+        for run in range(args.repeats):  # interleaved, so drift hits both alike
+            t = time.perf_counter()
+            bare()
+            t_bare.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            pipeline(run)
+            t_pipe.append(time.perf_counter() - t)
+    n = len(tensors)
+    bare_ips, pipe_ips = n / min(t_bare), n / min(t_pipe)
+    print(f"model {args.model} (random weights), {n} images of {side}px, batch {args.batch_size}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"bare encode_image loop (preprocessed, in memory): {bare_ips:8.1f} images/s")
+    print(f"zscir index (read, decode, encode, write):        {pipe_ips:8.1f} images/s")
+    print(f"ratio: {pipe_ips / bare_ips:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may reach the network: hub lookups fail at once instead of timing out.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.pop("ZSCIR_HOME", None)
+os.environ.pop("ZSCIR_DEBUG", None)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the zscir CLI in-process: returns (exit code, stdout, stderr)."""
+    from zscir_cli.cli.app import run
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A small gallery on disk: shapes renders as png/jpg/webp in nested folders, one RGBA, one L."""
+    from zscir_cli.data import shapes
+
+    root = tmp_path / "gallery"
+    cfg = shapes.WorldConfig(seed=3, image_size=32)
+    for i in range(10):
+        rec = shapes.pair_record(cfg, "train", i)
+        img = shapes.render_record(cfg, rec)
+        sub = root / ("a" if i % 2 else "b" / Path("deep"))
+        sub.mkdir(parents=True, exist_ok=True)
+        ext = ("png", "jpg", "webp")[i % 3]
+        if i == 2:  # a png
+            img = img.convert("RGBA")
+        if i == 5:  # a webp
+            img = img.convert("L")
+        img.save(sub / f"img{i}.{ext}")
+    return root
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path

@@ -1,0 +1,112 @@
+"""Loading backbones: local files (safetensors, .pt), local-dir:, and every error a user can fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from zscir_cli.core.errors import UserError
+from zscir_cli.model.backbone import ModelSpec, load_backbone, model_config
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(1)
+    return load_backbone(ModelSpec("zscir-tiny-vit", "none"))
+
+
+def _state(backbone):
+    return {k: v.detach().clone().contiguous() for k, v in backbone.model.state_dict().items()}
+
+
+def _same_model(a, b):
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(a.encode_images(images), b.encode_images(images))
+    assert torch.equal(a.encode_texts(["a red star"]), b.encode_texts(["a red star"]))
+
+
+def test_local_safetensors_file(tiny, tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file(_state(tiny), str(path))
+    _same_model(tiny, load_backbone(ModelSpec("zscir-tiny-vit", str(path))))
+
+
+def test_local_pt_file_read_with_weights_only(tiny, tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in _state(tiny).items()}}, path)
+    _same_model(tiny, load_backbone(ModelSpec("zscir-tiny-vit", str(path))))
+
+
+def test_pickled_code_is_never_executed(tiny, tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": _state(tiny), "x": Evil()}, path)
+    with pytest.raises(UserError, match="Could not load"):
+        load_backbone(ModelSpec("zscir-tiny-vit", str(path)))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_local_dir_model(tiny, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": model_config("zscir-tiny-vit"), "preprocess_cfg": {}}))
+    save_file(_state(tiny), str(folder / "open_clip_model.safetensors"))
+    _same_model(tiny, load_backbone(ModelSpec(f"local-dir:{folder}")))
+
+
+def test_identity_binds_file_content(tiny, tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(_state(tiny), str(a))
+    save_file(_state(tiny), str(b))
+    ia, ib = ModelSpec("zscir-tiny-vit", str(a)).identity(), ModelSpec("zscir-tiny-vit", str(b)).identity()
+    assert ia["sha256"] == ib["sha256"] and ia["pretrained"] != ib["pretrained"]
+    assert ModelSpec("ViT-B-32", "openai").identity() == {"name": "ViT-B-32", "pretrained": "openai"}
+
+
+def test_unknown_model_lists_close_choices():
+    with pytest.raises(UserError) as e:
+        load_backbone(ModelSpec("ViT-L-41", "openai"))
+    assert "Unknown model 'ViT-L-41'" in str(e.value) and "ViT-L-14" in str(e.value)
+
+
+def test_missing_pretrained_file():
+    with pytest.raises(UserError, match="--pretrained file not found: .*nope.safetensors"):
+        load_backbone(ModelSpec("zscir-tiny-vit", "/no/such/nope.safetensors"))
+
+
+def test_unknown_tag_lists_the_tags():
+    with pytest.raises(UserError, match="neither a file nor a pretrained tag.*openai"):
+        load_backbone(ModelSpec("ViT-B-32", "openaii"))
+
+
+def test_offline_zoo_weights_name_model_tag_and_both_ways_out(tmp_path):
+    with pytest.raises(UserError) as e:
+        load_backbone(ModelSpec("ViT-B-32", "openai"), cache_dir=tmp_path)
+    msg = str(e.value)
+    assert "ViT-B-32" in msg and "'openai'" in msg
+    assert "--pretrained /path/to/weights.safetensors" in msg and "zscir demo" in msg
+
+
+def test_offline_hf_hub_id(tmp_path):
+    with pytest.raises(UserError, match="Could not fetch the weights of hf-hub:nobody/nothing"):
+        load_backbone(ModelSpec("hf-hub:nobody/nothing"), cache_dir=tmp_path)
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    other = load_backbone(ModelSpec("zscir-tiny-rn", "none"))
+    path = tmp_path / "rn.safetensors"
+    save_file(_state(other), str(path))
+    with pytest.raises(UserError, match="Could not load zscir-tiny-vit.*matches the architecture"):
+        load_backbone(ModelSpec("zscir-tiny-vit", str(path)))
+
+
+def test_local_dir_without_config(tmp_path):
+    with pytest.raises(UserError, match="no open_clip_config.json"):
+        load_backbone(ModelSpec(f"local-dir:{tmp_path}"))

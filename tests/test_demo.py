@@ -1,0 +1,48 @@
+"""The reduced demo end to end through the CLI, and the cache reuse of a second run."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
+    cache, page = tmp_path / "cache", tmp_path / "demo.html"
+    code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", page)
+    assert code == 0, err
+    for method in ("image", "text", "sum"):
+        assert f"│ {method}" in out
+    assert "R@1" in out and "mAP@10" in out and "not of any public benchmark" in out
+    assert "base CLIP (24 val images): caption R@1" in out
+    assert page.is_file() and page.read_text().count("<section>") == 2
+    kinds = sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json"))
+    assert kinds == ["backbone", "dataset", "index"]
+
+    code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", page, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json")) == kinds  # nothing rebuilt
+    assert set(res["evaluation"]["results"]) == {"image", "text", "sum"}
+    for metrics in res["evaluation"]["results"].values():
+        assert 0 <= metrics["R@1"] <= metrics["R@10"] <= metrics["R@50"] <= 100
+    ev = res["evaluation"]
+    assert ev["split"] == "test" and ev["queries"] == 12 and "reference removed" in ev["protocol"]
+    assert 0 <= res["backbone"]["caption_r1"] <= 100
+
+
+def test_prepare_and_pretrain_commands(cli, tmp_path):
+    cache = tmp_path / "cache"
+    code, out, err = cli("prepare", "shapes", "--train-pairs", "8", "--val-pairs", "6", "--queries", "6",
+                         "--cache-dir", cache, "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["pairs/train"] == 8 and info["cir/test"] == 6 and info["built"] is True
+    code, out, err = cli("pretrain", "--steps", "2", "--batch-size", "4", "--cache-dir", cache, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["trained"] and res["checkpoint"].endswith("open_clip_model.safetensors")
+    metrics = (cache / "backbone" / res["key"] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["step"] for m in metrics] == [0, 1]
+    code, _, err = cli("pretrain", "--model", "zscir-shapes-nope", "--steps", "1", "--cache-dir", cache)
+    assert code == 2 and "Unknown model 'zscir-shapes-nope'" in err and "zscir-shapes-rn" in err
+    code, _, err = cli("pretrain", "--data", "fashion", "--cache-dir", cache)
+    assert code == 2 and "No prepared data set 'fashion'" in err

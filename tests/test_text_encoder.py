@@ -1,0 +1,76 @@
+"""The placeholder-token encoder: injection by mask, and exact equality without a placeholder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zscir_cli.core.errors import UserError
+from zscir_cli.model.backbone import ModelSpec, load_backbone
+from zscir_cli.model.text import TextEncoder, placeholder_token_id
+
+
+@pytest.fixture(scope="module", params=["zscir-tiny-vit", "zscir-tiny-rn"])
+def backbone(request):
+    torch.manual_seed(0)
+    return load_backbone(ModelSpec(request.param, "none"))
+
+
+def test_placeholder_id_comes_from_the_tokenizer(backbone):
+    pid = placeholder_token_id(backbone.tokenizer, "$")
+    tokens = backbone.tokenizer(["a photo of $"])[0].tolist()
+    assert tokens.count(pid) == 1
+    assert pid == 259  # what CLIP's BPE gives '$'; asserted here, never hard-coded in the code
+    assert placeholder_token_id(backbone.tokenizer, "*") != pid
+
+
+def test_multi_token_placeholder_is_refused(backbone):
+    with pytest.raises(UserError, match="single token"):
+        placeholder_token_id(backbone.tokenizer, "zzqxv")
+
+
+def test_prompt_without_placeholder_encodes_exactly_like_encode_text(backbone):
+    enc = TextEncoder(backbone.model, placeholder_token_id(backbone.tokenizer))
+    tokens = backbone.tokenizer(["a red circle on a white background", "add a star", ""])
+    with torch.no_grad():
+        ours = enc(tokens, pseudo=torch.randn(3, enc.width))
+        theirs = backbone.model.encode_text(tokens)
+    assert torch.equal(ours, theirs)
+
+
+def test_injecting_a_words_own_embedding_reproduces_that_word(backbone):
+    enc = TextEncoder(backbone.model, placeholder_token_id(backbone.tokenizer))
+    with_ph = backbone.tokenizer(["a photo of $", "$ and $ on gray"])
+    plain = backbone.tokenizer(["a photo of dog", "dog and dog on gray"])
+    dog = plain[0][4]  # sot a photo of dog
+    pseudo = backbone.model.token_embedding.weight[dog].expand(2, -1)
+    with torch.no_grad():
+        ours = enc(with_ph, pseudo=pseudo)
+        theirs = backbone.model.encode_text(plain)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_pseudo_word_changes_only_prompts_that_hold_it(backbone):
+    enc = TextEncoder(backbone.model, placeholder_token_id(backbone.tokenizer))
+    tokens = backbone.tokenizer(["a photo of $", "a photo of a cat"])
+    with torch.no_grad():
+        a = enc(tokens, pseudo=torch.zeros(2, enc.width))
+        b = enc(tokens, pseudo=torch.ones(2, enc.width))
+    assert not torch.allclose(a[0], b[0])
+    assert torch.equal(a[1], b[1])
+
+
+def test_block_hooks_run_after_the_named_block(backbone):
+    enc = TextEncoder(backbone.model, placeholder_token_id(backbone.tokenizer))
+    seen = []
+
+    def hook(x, tokens, mask):
+        seen.append((x.shape, int(mask.sum())))
+        return x
+
+    tokens = backbone.tokenizer(["a photo of $"])
+    with torch.no_grad():
+        base = enc(tokens, pseudo=torch.zeros(1, enc.width))
+        hooked = enc(tokens, pseudo=torch.zeros(1, enc.width), block_hooks={2: [hook]})
+    assert torch.equal(base, hooked)
+    assert seen == [((1, tokens.shape[1], enc.width), 1)]
