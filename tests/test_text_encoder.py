@@ -74,3 +74,14 @@ def test_block_hooks_run_after_the_named_block(backbone):
         hooked = enc(tokens, pseudo=torch.zeros(1, enc.width), block_hooks={2: [hook]})
     assert torch.equal(base, hooked)
     assert seen == [((1, tokens.shape[1], enc.width), 1)]
+
+
+def test_truncated_prefix_gives_the_same_features(backbone):
+    enc = TextEncoder(backbone.model, placeholder_token_id(backbone.tokenizer))
+    tokens = backbone.tokenizer(["a photo of $", "a photo of $ that is red and large", "$"])
+    pseudo = torch.randn(3, enc.width)
+    with torch.no_grad():
+        full = enc(tokens, pseudo=pseudo)
+        short = enc(tokens, pseudo=pseudo, truncate=True)
+    assert enc.can_truncate
+    assert torch.allclose(full, short, atol=1e-5)

@@ -8,7 +8,7 @@ import traceback
 import typer
 
 from zscir_cli import __version__
-from zscir_cli.cli import cache, demo, index, models, prepare, pretrain, query
+from zscir_cli.cli import cache, demo, index, map_train, models, prepare, pretrain, query
 from zscir_cli.cli.console import debug_enabled, error, setup_logging
 from zscir_cli.core.errors import EXIT_USER_ERROR, UserError
 
@@ -24,6 +24,8 @@ app = typer.Typer(
 
 app.add_typer(prepare.app, name="prepare")
 app.command(help="Train the base CLIP of the shapes world from scratch.")(pretrain.pretrain)
+app.command("map-train", help="Stage I: map images to a pseudo-word (token learner, VSI, soft text "
+                               "alignment).")(map_train.map_train)
 app.command(help="Embed a gallery (a folder or a prepared data set) into a faiss index.")(index.index)
 app.command(help="Rank an index for a reference image plus a modification text.")(query.query)
 app.command(help="Prepare, pretrain, index, query and evaluate on the shapes world, offline.")(demo.demo)

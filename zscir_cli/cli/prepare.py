@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -10,7 +10,7 @@ from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
 
-app = typer.Typer(help="Prepare data sets: the embedded shapes world.", no_args_is_help=True)
+app = typer.Typer(help="Prepare data sets: the embedded shapes world, image folders.", no_args_is_help=True)
 
 
 @app.command("shapes")
@@ -38,3 +38,33 @@ def shapes_cmd(
     err.print(("prepared" if built else "already prepared") + f" shapes in {art.path}")
     for name, n in art.manifest["counts"].items():
         typer.echo(f"{name}\t{n}")
+
+
+@app.command("imagefolder")
+def imagefolder_cmd(
+    folder: Annotated[str, typer.Argument(help="Folder of images, optionally with metadata.jsonl or "
+                                               "metadata.csv (columns file_name, text).")],
+    name: Annotated[Optional[str], typer.Option(help="Name to use with --data [default: the folder's name].",
+                                                show_default=False)] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave unreadable images out instead of failing.")] = False,
+    force: Force = False,
+    json_out: Json = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Record a folder of images (and captions) as a data set for map-train."""
+    from zscir_cli.pipeline.datasets import prepare_imagefolder
+
+    ctx = make_context(cache_dir)
+    art, built = prepare_imagefolder(ctx, folder, name=name, skip_bad=skip_bad, force=force)
+    m = art.manifest
+    info = {"name": m["name"], "key": art.key, "images": m["counts"]["pairs/train"], "captioned": m["captioned"],
+            "skipped": len(m["skipped"]), "built": built}
+    if json_out:
+        print_json(info)
+        return
+    if info["skipped"]:
+        err.print(f"[yellow]left out {info['skipped']} unreadable image(s)[/]; see {art.path / 'manifest.json'}")
+    if not info["captioned"]:
+        err.print("no captions: map-train will run without soft text alignment")
+    err.print(("prepared" if built else "already prepared") + f" {m['name']}: use it with --data {m['name']}")
+    typer.echo(f"images\t{info['images']}\ncaptioned\t{info['captioned']}")

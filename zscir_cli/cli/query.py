@@ -15,7 +15,10 @@ from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
 def query(
     reference: Annotated[str, typer.Argument(help="Reference image: a file, or an id in the index.")],
     text: Annotated[str, typer.Argument(help="Modification text, e.g. \"make it red\".")],
-    method: Annotated[str, typer.Option(help="image, text or sum.")] = "sum",
+    method: Annotated[str, typer.Option(help="image, text, sum, pic2word or stage1.")] = "sum",
+    run: Annotated[Optional[str], typer.Option(
+        "--run", help="Trained run for pic2word/stage1 [default: the newest for the model].",
+        show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show.")] = 10,
     index: Annotated[Optional[str], typer.Option(
         "--index", help="Index key (from 'zscir index' or 'zscir cache ls') [default: the newest "
@@ -30,7 +33,10 @@ def query(
 ) -> None:
     """Find the gallery images that show REFERENCE changed as TEXT says."""
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+    from zscir_cli.pipeline.methods import check_method, load_method
     from zscir_cli.pipeline.query import resolve_query_index, run_query, spec_of_index, write_html
+
+    check_method(method)
 
     ctx = make_context(cache_dir, device)
     if model is None and pretrained is None and index is not None:
@@ -41,7 +47,10 @@ def query(
         art = resolve_query_index(ctx, spec, index)
     err.print(f"using index {art.key} ({art.description})", highlight=False)
     backbone = open_backbone(ctx, spec)
-    res = run_query(ctx, backbone, art, reference, text, method=method, k=top_k)
+    qm = load_method(ctx, method, backbone, run)
+    if qm.run is not None:
+        err.print(f"using {method} run {qm.run.key}", highlight=False)
+    res = run_query(ctx, qm, art, reference, text, k=top_k)
     if html is not None:
         write_html([res], html, title=f"zscir: {text}")
         err.print(f"wrote {html}")

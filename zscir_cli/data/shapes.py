@@ -25,11 +25,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 215, 40), "purple": (150, 60, 190), "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross")
-SIZES = {"small": 0.5, "large": 0.85}  # fraction of a grid cell
+SIZES = {"small": 0.6, "large": 0.95}  # fraction of a grid cell
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245), "gray": (125, 125, 125), "black": (15, 15, 15),
 }
 GRID = 2  # cells per side
+# Bump when a change to this module changes what a seed generates: it is part of every
+# prepared data set's cache key, so stale worlds are never reused.
+GENERATOR_VERSION = 2
 MAX_OBJECTS = 3
 EDIT_TYPES = ("colour", "shape", "size", "add", "remove", "background")
 

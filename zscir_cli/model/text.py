@@ -63,27 +63,43 @@ class TextEncoder(nn.Module):
         return int(self.clip.token_embedding.weight.shape[1])
 
     @property
+    def can_truncate(self) -> bool:
+        """Truncation is exact only for a causal mask and end-of-text (argmax) pooling."""
+        return self.clip.attn_mask is not None and getattr(self.clip, "text_pool_type", "argmax") == "argmax"
+
+    @property
     def depth(self) -> int:
         return len(self.clip.transformer.resblocks)
 
     def forward(self, tokens: torch.Tensor, pseudo: torch.Tensor | None = None,
-                block_hooks: dict[int, Sequence[BlockHook]] | None = None) -> torch.Tensor:
+                block_hooks: dict[int, Sequence[BlockHook]] | None = None,
+                truncate: bool = False) -> torch.Tensor:
         """tokens (B, L); pseudo (B, C) or None -> unnormalised features (B, D).
 
         `block_hooks[i]` run after block i (1-based, as method.md counts layers).
+        `truncate` drops the padding after the batch's last end-of-text token before running the
+        tower. Under CLIP's causal mask no position attends to a later one, so the pooled
+        end-of-text feature is the same (up to float rounding), while "a photo of $" costs 6
+        positions instead of 77.
         """
         clip = self.clip
+        attn_mask = clip.attn_mask
+        pos = clip.positional_embedding
+        if truncate and self.can_truncate:
+            length = int(tokens.argmax(dim=-1).max()) + 1
+            tokens, pos = tokens[:, :length], pos[:length]
+            attn_mask = attn_mask[:length, :length]
         cast_dtype = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(tokens).to(cast_dtype)  # (B, L, C)
         mask = tokens == self.placeholder_id  # (B, L)
         if pseudo is not None:
             x = torch.where(mask.unsqueeze(-1), pseudo.to(cast_dtype).unsqueeze(1), x)
-        x = x + clip.positional_embedding.to(cast_dtype)
+        x = x + pos.to(cast_dtype)
         batch_first = getattr(clip.transformer, "batch_first", True)
         if not batch_first:
             x = x.transpose(0, 1)
         for i, block in enumerate(clip.transformer.resblocks, start=1):
-            x = block(x, attn_mask=clip.attn_mask)
+            x = block(x, attn_mask=attn_mask)
             for hook in (block_hooks or {}).get(i, ()):
                 if batch_first:
                     x = hook(x, tokens, mask)

@@ -31,7 +31,7 @@ def prepare_shapes(ctx: Context, cfg: shapes.WorldConfig, force: bool = False) -
     """Generate and store the shapes world; returns (artifact, built_now)."""
     import datasets as hf
 
-    config = {"name": "shapes", **asdict(cfg)}
+    config = {"name": "shapes", "generator": shapes.GENERATOR_VERSION, **asdict(cfg)}
     key = ctx.store.key_for(KIND, config)
     found = ctx.store.get(KIND, key)
     if found is not None and not force:
@@ -83,6 +83,56 @@ def prepare_shapes(ctx: Context, cfg: shapes.WorldConfig, force: bool = False) -
         out.manifest["name"] = "shapes"
         out.manifest["counts"] = counts
         out.manifest["splits"] = {"pairs": ["train", "val"], "cir": ["val", "test"]}
+    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
+
+
+def prepare_imagefolder(ctx: Context, folder: str | Path, name: str | None = None,
+                        skip_bad: bool = False, force: bool = False) -> tuple[Artifact, bool]:
+    """Validate a user folder and record it as a data set (split 'train'); images stay in place."""
+    import datasets as hf
+
+    from zscir_cli.data.imagefolder import check_image, scan_folder
+    from zscir_cli.data.images import FolderGallery
+    from zscir_cli.pipeline.indexing import gallery_identity
+
+    root = Path(folder).expanduser().resolve()
+    items, has_meta = scan_folder(root)
+    name = name or root.name
+    if name == "shapes":
+        raise UserError("'shapes' is the embedded world's name.", "Pass --name with another name.")
+    source = gallery_identity(FolderGallery(root, [i.path for i in items]))
+    config = {"name": name, "kind": "imagefolder", "source": source, "skip_bad": skip_bad}
+    key = ctx.store.key_for(KIND, config)
+    found = ctx.store.get(KIND, key)
+    if found is not None and not force:
+        return found, False
+    bad = []
+    for item in ctx.reporter.track(items, f"checking {len(items)} images"):
+        reason = check_image(item.path)
+        if reason:
+            bad.append((item.id, reason))
+    if bad and not skip_bad:
+        raise UserError(f"{len(bad)} image(s) could not be read: "
+                        + "; ".join(f"{i} ({r})" for i, r in bad[:20]) + (" ..." if len(bad) > 20 else "") + ".",
+                        "Fix or remove them, or pass --skip-bad to leave them out.")
+    skipped = {i for i, _ in bad}
+    good = [it for it in items if it.id not in skipped]
+    if not good:
+        raise UserError(f"No usable image in {root}.", "Point zscir at a folder of readable images.")
+    captioned = sum(bool(it.caption.strip()) for it in good)
+    if found is not None:
+        ctx.store.remove(found)
+    features = hf.Features({"id": hf.Value("string"), "image": hf.Image(), "caption": hf.Value("string")})
+    with ctx.store.create(KIND, key, config=config,
+                          description=f"image folder {root} ({len(good)} images, {captioned} captioned)") as out:
+        ds = hf.Dataset.from_dict({"id": [it.id for it in good],
+                                   "image": [{"path": str(it.path), "bytes": None} for it in good],
+                                   "caption": [it.caption for it in good]}, features=features)
+        hf.DatasetDict({"train": ds}).save_to_disk(str(out.path / "pairs"))
+        out.manifest.update({"name": name, "root": str(root), "counts": {"pairs/train": len(good)},
+                             "captioned": captioned, "has_metadata": has_meta,
+                             "skipped": [{"id": i, "error": r} for i, r in bad],
+                             "splits": {"pairs": ["train"]}})
     return ctx.store.get(KIND, key), True  # type: ignore[return-value]
 
 

@@ -13,7 +13,7 @@ from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline.context import Context
 
 
-class _Images(Dataset):
+class ImageRows(Dataset):
     def __init__(self, gallery: Gallery, preprocess):
         self.gallery = gallery
         self.preprocess = preprocess
@@ -28,7 +28,7 @@ class _Images(Dataset):
             return None, i, f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
 
-def _collate(batch):
+def collate_rows(batch):
     good = [(x, i) for x, i, err in batch if err is None]
     bad = [(i, err) for _, i, err in batch if err is not None]
     images = torch.stack([x for x, _ in good]) if good else None
@@ -44,8 +44,8 @@ class Encoded:
 
 def encode_gallery(ctx: Context, backbone: Backbone, gallery: Gallery, batch_size: int = 64,
                    description: str = "encoding images") -> Encoded:
-    loader = DataLoader(_Images(gallery, backbone.preprocess), batch_size=batch_size,
-                        shuffle=False, num_workers=ctx.num_workers(), collate_fn=_collate,
+    loader = DataLoader(ImageRows(gallery, backbone.preprocess), batch_size=batch_size,
+                        shuffle=False, num_workers=ctx.num_workers(), collate_fn=collate_rows,
                         pin_memory=backbone.device.type == "cuda",
                         persistent_workers=False)
     feats, rows, failures = [], [], []

@@ -20,7 +20,8 @@ from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split, resolve_gallery
 from zscir_cli.pipeline.indexing import build_index
-from zscir_cli.pipeline.methods import compose_queries
+from zscir_cli.pipeline.features import cached_features
+from zscir_cli.pipeline.methods import load_method
 
 RANK_DEPTH = 50
 PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground truth = gallery scenes "
@@ -49,8 +50,21 @@ def evaluate_shapes(ctx: Context, backbone: Backbone, methods: list[str], split:
     edits = list(queries["edit_type"])
     ref_feats = np.asarray(features, dtype=np.float32)[ref_rows]
     results = []
-    for method in methods:
-        q = compose_queries(method, backbone, ref_feats, texts)
+    run_ids: dict[str, str] = {}
+    ref_tokens = None
+    for name in methods:
+        method = load_method(ctx, name, backbone)
+        if method.run is not None:
+            run_ids[name] = method.run.key
+        tokens = None
+        if method.needs_tokens:
+            if ref_tokens is None or ref_tokens[0] != method.grid:
+                fs = cached_features(ctx, backbone, gallery, grid=method.grid)
+                frow = {g: i for i, g in enumerate(fs.ids)}
+                ref_tokens = (method.grid, np.asarray(fs.tokens[[frow[r] for r in queries["reference_id"]]],
+                                                      dtype=np.float32))
+            tokens = ref_tokens[1]
+        q = method.encode(ref_feats, texts, tokens)
         ranked, _ = search.rank(faiss_index, q, RANK_DEPTH, exclude=[[r] for r in ref_rows])
         metrics = {"R@1": recall_at_k(ranked, positives, 1), "R@10": recall_at_k(ranked, positives, 10),
                    "R@50": recall_at_k(ranked, positives, 50), "mAP@10": map_at_k(ranked, positives, 10)}
@@ -59,7 +73,9 @@ def evaluate_shapes(ctx: Context, backbone: Backbone, methods: list[str], split:
             groups[e].append(i)
         by_edit = {e: recall_at_k(ranked[rows], [positives[i] for i in rows], 1)
                    for e, rows in sorted(groups.items())}
-        results.append(MethodResult(method, metrics, by_edit))
+        results.append(MethodResult(name, metrics, by_edit))
     return {"dataset": dataset, "dataset_key": art.key, "split": split, "protocol": PROTOCOL,
             "queries": len(texts), "gallery": len(ids), "model": backbone.spec.label(),
-            "index": index.key, "results": results}
+            "index": index.key, "runs": run_ids,
+            "prompt": "a photo of $ that {modification} (pic2word, stage1); the text alone (text, sum)",
+            "results": results}

@@ -1,45 +1,109 @@
-"""Composed-query methods: from reference-image features and modification texts to query features.
+"""Composed-query methods: from reference images and modification texts to query features.
 
-The training-free baselines of method.md live here; trained methods join them in the same
-registry, so every query and evaluation can run any of them.
+Every query and every evaluation runs through `QueryMethod.encode`, so any method can be
+compared with any other on the same references, texts and gallery.
+
+| method   | query feature                                                               |
+|----------|-----------------------------------------------------------------------------|
+| image    | the reference image's feature                                                |
+| text     | the modification text's feature                                             |
+| sum      | normalise(normalised image feature + normalised text feature)               |
+| pic2word | "a photo of $ that {text}", $ from a token learner alone (no VSI, no STA)   |
+| stage1   | the same prompt with the Stage I mapper (token learner + VSI, trained with STA) |
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.model.backbone import Backbone
+from zscir_cli.model.mapping import COMPOSE_PROMPT, Mapper
+from zscir_cli.model.text import TextEncoder
+from zscir_cli.pipeline.context import Context
 
 BASELINES = ("image", "text", "sum")
-DESCRIPTIONS = {
-    "image": "the reference image's feature alone",
-    "text": "the modification text's feature alone",
-    "sum": "normalised image feature + normalised text feature",
-}
-
-
-def available_methods() -> tuple[str, ...]:
-    return BASELINES
+TRAINED = ("pic2word", "stage1")
+METHODS = BASELINES + TRAINED
 
 
 def check_method(method: str) -> None:
-    if method not in available_methods():
-        raise UserError(f"Unknown method '{method}'.",
-                        f"Choose one of: {', '.join(available_methods())}.")
+    if method not in METHODS:
+        raise UserError(f"Unknown method '{method}'.", f"Choose one of: {', '.join(METHODS)}.")
 
 
-def compose_queries(method: str, backbone: Backbone, ref_features: np.ndarray,
-                    texts: list[str], batch_size: int = 256) -> np.ndarray:
-    """(Q, D) normalised reference features + Q texts -> (Q, D) normalised query features."""
-    check_method(method)
-    ref = torch.from_numpy(np.asarray(ref_features, dtype=np.float32))
-    if method == "image":
-        return torch.nn.functional.normalize(ref, dim=-1).numpy()
-    txt = torch.cat([backbone.encode_texts(texts[i:i + batch_size]).cpu()
-                     for i in range(0, len(texts), batch_size)]) if texts else ref[:0]
-    if method == "text":
-        return txt.numpy()
-    return torch.nn.functional.normalize(torch.nn.functional.normalize(ref, dim=-1) + txt,
-                                         dim=-1).numpy()
+@dataclass
+class QueryMethod:
+    name: str
+    backbone: Backbone
+    mapper: Mapper | None = None
+    run: Artifact | None = None
+
+    @property
+    def needs_tokens(self) -> bool:
+        """Whether references must come with their spatial tokens (VSI)."""
+        return self.mapper is not None and bool(self.mapper.cfg.vsi_layers)
+
+    @property
+    def grid(self) -> int:
+        return self.mapper.cfg.grid if self.mapper is not None else 4
+
+    @property
+    def prompt(self) -> str | None:
+        if self.mapper is None:
+            return None
+        return COMPOSE_PROMPT.replace("$", self.mapper.cfg.placeholder)
+
+    def encode(self, ref_v: np.ndarray, texts: list[str], ref_tokens: np.ndarray | None = None,
+               batch_size: int = 256) -> np.ndarray:
+        """(Q, D) normalised reference features (+ (Q, M, D) tokens) and Q texts -> (Q, D)."""
+        ref = torch.nn.functional.normalize(torch.from_numpy(np.asarray(ref_v, dtype=np.float32)), dim=-1)
+        if self.name == "image":
+            return ref.numpy()
+        if self.mapper is None:
+            txt = torch.cat([self.backbone.encode_texts(texts[i:i + batch_size]).cpu()
+                             for i in range(0, len(texts), batch_size)]) if texts else ref[:0]
+            if self.name == "text":
+                return txt.numpy()
+            return torch.nn.functional.normalize(ref + txt, dim=-1).numpy()
+        if self.needs_tokens and ref_tokens is None:
+            raise ValueError("this method needs the references' spatial tokens")
+        encoder = TextEncoder(self.backbone.model, self.mapper.cfg.placeholder_id)
+        device = self.backbone.device
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(texts), batch_size):
+                prompts = [self.prompt.format(text=t) for t in texts[s:s + batch_size]]
+                tokens = self.backbone.tokenizer(prompts).to(device)
+                v = ref[s:s + batch_size].to(device)
+                vis = (torch.from_numpy(np.asarray(ref_tokens[s:s + batch_size], dtype=np.float32)).to(device)
+                       if self.needs_tokens else None)
+                out.append(self.mapper.encode(encoder, tokens, v, vis).cpu())
+        return torch.cat(out).numpy() if out else ref[:0].numpy()
+
+
+def load_method(ctx: Context, name: str, backbone: Backbone, run: str | None = None) -> QueryMethod:
+    """A method ready to encode queries; trained methods find their newest run for the backbone."""
+    check_method(name)
+    if name in BASELINES:
+        return QueryMethod(name, backbone)
+    from zscir_cli.pipeline.stage1 import find_stage1
+
+    art = find_stage1(ctx, backbone.spec, name, run)
+    return QueryMethod(name, backbone, Mapper.load(art.path, backbone.device), art)
+
+
+def available_methods(ctx: Context, backbone: Backbone) -> list[str]:
+    """Baselines, plus each trained method that has a run for this backbone."""
+    out = list(BASELINES)
+    for name in TRAINED:
+        try:
+            load_method(ctx, name, backbone)
+            out.append(name)
+        except UserError:
+            pass
+    return out

@@ -127,7 +127,8 @@ def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes",
     arch = model_config(cfg.model)
     if arch is None:
         check_spec(ModelSpec(cfg.model))  # raises the 'unknown model' error with choices
-    world = shapes.WorldConfig(**{k: v for k, v in data.manifest["config"].items() if k != "name"})
+    world = shapes.WorldConfig(**{k: v for k, v in data.manifest["config"].items()
+                                  if k in shapes.WorldConfig.__dataclass_fields__})
     device = resolve_device(ctx.device)
     seed_everything(cfg.seed)
     model = open_clip.create_model(cfg.model, pretrained=None, device=device, output_dict=True)

@@ -19,7 +19,8 @@ from zscir_cli.model.backbone import Backbone, ModelSpec, spec_from_identity
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import gallery_from_source
 from zscir_cli.pipeline.indexing import find_index
-from zscir_cli.pipeline.methods import check_method, compose_queries
+from zscir_cli.pipeline.features import encode_images_with_tokens
+from zscir_cli.pipeline.methods import QueryMethod
 
 
 @dataclass
@@ -39,10 +40,11 @@ class QueryResult:
     hits: list[Hit] = field(default_factory=list)
     reference_image: Any = None  # PIL image, for the HTML page
     gallery: Gallery | None = None
+    run: str | None = None  # the trained run behind the method, if any
 
     def to_json(self) -> dict[str, Any]:
         return {"reference": self.reference, "text": self.text, "method": self.method,
-                "index": self.index.key, "model": self.model,
+                "index": self.index.key, "model": self.model, "run": self.run,
                 "results": [{"rank": h.rank, "id": h.id, "score": round(h.score, 6)}
                             for h in self.hits]}
 
@@ -51,11 +53,11 @@ def resolve_query_index(ctx: Context, spec: ModelSpec | None, index_ref: str | N
     return find_index(ctx, spec, index_ref)
 
 
-def run_query(ctx: Context, backbone: Backbone, index: Artifact, reference: str, text: str,
-              method: str = "sum", k: int = 10) -> QueryResult:
+def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str, text: str,
+              k: int = 10) -> QueryResult:
     """Rank the index for (reference, text). `reference` is an image path or an id in the index."""
-    check_method(method)
-    if not text.strip() and method != "image":
+    backbone = method.backbone
+    if not text.strip() and method.name != "image":
         raise UserError("The modification text is empty.",
                         "Say what to change, e.g. \"make it red\" (or use --method image).")
     if k < 1:
@@ -68,17 +70,27 @@ def run_query(ctx: Context, backbone: Backbone, index: Artifact, reference: str,
         ref_feat = np.asarray(features[row:row + 1], dtype=np.float32)
         ref_img = gallery.image(row) if gallery is not None else None
         exclude = [row]  # never return the reference itself
+        if method.needs_tokens and ref_img is None:
+            raise UserError(f"The gallery of index {index.key} is gone, so reference '{reference}' "
+                            "cannot be re-read for its spatial tokens.", "Give the reference as an image file.")
     else:
         if not Path(reference).expanduser().exists() and not any(s in reference for s in "/\\."):
             raise UserError(f"'{reference}' is neither an image file nor an id in index {index.key}.",
                             "Give an image path, or an id printed by an earlier query.")
         ref_img = open_image_arg(reference)
-        tensor = backbone.preprocess(ref_img).unsqueeze(0)
-        ref_feat = backbone.encode_images(tensor).cpu().numpy()
-    query = compose_queries(method, backbone, ref_feat, [text])
+        ref_feat = None
+    ref_tokens = None
+    if ref_feat is None or method.needs_tokens:
+        v, t = encode_images_with_tokens(backbone, [ref_img], method.grid) if method.needs_tokens else \
+            (backbone.encode_images(backbone.preprocess(ref_img).unsqueeze(0)).cpu().numpy(), None)
+        ref_feat = v if ref_feat is None else ref_feat
+        ref_tokens = t
+    query = method.encode(ref_feat, [text], ref_tokens)
     rows, scores = search.rank(faiss_index, query, k, exclude=[exclude])
     hits = [Hit(r + 1, ids[i], float(s)) for r, (i, s) in enumerate(zip(rows[0], scores[0])) if i >= 0]
-    return QueryResult(reference, text, method, index, backbone.spec.label(), hits, ref_img, gallery)
+    res = QueryResult(reference, text, method.name, index, backbone.spec.label(), hits, ref_img, gallery)
+    res.run = method.run.key if method.run is not None else None
+    return res
 
 
 def spec_of_index(index: Artifact) -> ModelSpec:

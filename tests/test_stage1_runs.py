@@ -1,0 +1,182 @@
+"""Stage I runs: resume equals uninterrupted, Ctrl-C, DDP with 2 processes, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from zscir_cli.core.cache import ArtifactStore
+from zscir_cli.model.backbone import ModelSpec
+from zscir_cli.pipeline.context import Context
+from zscir_cli.pipeline.stage1 import Stage1Config, map_train
+
+TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
+SPEC = ModelSpec("zscir-tiny-vit", "none")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A small prepared shapes world, copied into each test's cache."""
+    from zscir_cli.data.shapes import WorldConfig
+    from zscir_cli.pipeline.datasets import prepare_shapes
+
+    root = tmp_path_factory.mktemp("world")
+    prepare_shapes(Context(store=ArtifactStore(root)), WorldConfig(train_pairs=64, val_pairs=16, cir_queries=6))
+    return root
+
+
+@pytest.fixture
+def cache(world, tmp_path) -> Path:
+    dst = tmp_path / "cache"
+    shutil.copytree(world, dst)
+    return dst
+
+
+def _ctx(cache: Path) -> Context:
+    return Context(store=ArtifactStore(cache), device="cpu", workers=0)
+
+
+CFG = dict(epochs=3, batch_size=16, lr=1e-3, seed=3, vsi_layers=[2, 4])
+
+
+def test_resume_after_ctrl_c_reaches_the_same_weights(cache, tmp_path, monkeypatch):
+    full = map_train(_ctx(cache), SPEC, Stage1Config(**CFG))
+    other = tmp_path / "other"
+    shutil.copytree(cache, other, ignore=shutil.ignore_patterns("stage1"))
+    import zscir_cli.pipeline.stage1 as stage1
+
+    calls = {"n": 0}
+    real = stage1.info_nce
+
+    def interrupting(*a, **k):  # Ctrl-C in the middle of the second epoch (4 steps per epoch)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(stage1, "info_nce", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        map_train(_ctx(other), SPEC, Stage1Config(**CFG))
+    monkeypatch.setattr(stage1, "info_nce", real)
+    store = ArtifactStore(other)
+    assert store.list("stage1") == []  # no finished run, only the partial one
+    partial = list((other / ".partial").iterdir())
+    assert len(partial) == 1 and (partial[0] / "trainable.safetensors").is_file()
+    resumed = map_train(_ctx(other), SPEC, Stage1Config(**CFG), resume=True)
+    a, b = load_file(str(full.path / "weights.safetensors")), load_file(str(resumed.path / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    la = [json.loads(x)["loss"] for x in (full.path / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (resumed.path / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb and len(la) == 3
+    assert not (other / ".partial" / partial[0].name).exists()
+
+
+def test_resume_without_an_interrupted_run(cache):
+    from zscir_cli.core.errors import UserError
+
+    with pytest.raises(UserError, match="No interrupted stage1 run with these settings"):
+        map_train(_ctx(cache), SPEC, Stage1Config(**CFG), resume=True)
+
+
+def test_ddp_two_processes_match_one_process(cache, tmp_path):
+    single = tmp_path / "single"
+    shutil.copytree(cache, single)
+    args = ["map-train", *TINY, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--dropout", "0",
+            "--seed", "1", "--device", "cpu", "--workers", "0", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "zscir_cli", *args, "--cache-dir", str(single)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", "-m", "zscir_cli", *args, "--cache-dir", str(cache)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)  # only rank 0 printed
+    m1 = [json.loads(x) for x in (single / "stage1" / r1["run"] / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (cache / "stage1" / r2["run"] / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss"] for m in m2] == pytest.approx([m["loss"] for m in m1], rel=1e-4)
+    manifest = json.loads((cache / "stage1" / r2["run"] / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    w1 = load_file(str(single / "stage1" / r1["run"] / "weights.safetensors"))
+    w2 = load_file(str(cache / "stage1" / r2["run"] / "weights.safetensors"))
+    for k in w1:
+        assert (w1[k] - w2[k]).abs().max() < 1e-4, k
+
+
+def test_map_train_cli_then_query_with_stage1(cli, cache):
+    code, out, err = cli("map-train", *TINY, "--epochs", "1", "--batch-size", "16", "--cache-dir", cache,
+                         "--workers", "0", "--json")
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["method"] == "stage1" and 0 <= run["val_self_r1"] <= 100 and run["epoch"] == 1
+    files = {p.name for p in (cache / "stage1" / run["run"]).iterdir()}
+    assert {"weights.safetensors", "config.json", "metrics.jsonl", "manifest.json"} <= files
+    manifest = json.loads((cache / "stage1" / run["run"] / "manifest.json").read_text())
+    assert manifest["placeholder_id"] == 259 and manifest["config"]["vsi_layers"] == [1, 2, 3, 4]
+    code, out, err = cli("index", "shapes", *TINY, "--cache-dir", cache, "--workers", "0")
+    assert code == 0, err
+    index = out.strip()
+    ids = json.loads((cache / "index" / index / "ids.json").read_text())
+    code, out, err = cli("query", ids[0], "make the circle red", "--method", "stage1", "--index", index,
+                         "--json", "-k", "5", "--cache-dir", cache)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["run"] == run["run"] and len(res["results"]) == 5 and ids[0] not in [r["id"] for r in res["results"]]
+    code, _, err = cli("query", ids[0], "make it red", "--method", "pic2word", "--index", index, "--cache-dir", cache)
+    assert code == 2 and "No pic2word run" in err and "--no-vsi --no-sta" in err
+
+
+def test_map_train_bad_input(cli, cache):
+    code, _, err = cli("map-train", *TINY, "--vsi-layers", "2,9", "--batch-size", "16", "--cache-dir", cache)
+    assert code == 2 and "outside the text encoder's depth (blocks 1..4)" in err
+    code, _, err = cli("map-train", *TINY, "--data", "nothing", "--cache-dir", cache)
+    assert code == 2 and "No prepared data set 'nothing'" in err
+    code, _, err = cli("map-train", *TINY, "--batch-size", "16", "--resume", "--cache-dir", cache)
+    assert code == 2 and "No interrupted stage1 run" in err
+    code, _, err = cli("map-train", *TINY, "--cache-dir", cache)  # 64 images < one batch of 256
+    assert code == 2 and "fewer than one batch" in err
+    code, _, err = cli("map-train", "--cache-dir", cache)  # the paper's default backbone, offline
+    assert code == 2 and "ViT-L-14" in err and "zscir demo" in err
+
+
+def test_imagefolder_with_and_without_captions(cli, tmp_path, image_folder):
+    cache = tmp_path / "c"
+    rows = [{"file_name": p.relative_to(image_folder).as_posix(), "text": f"picture number {i}"}
+            for i, p in enumerate(sorted(image_folder.rglob("*.*")))]
+    (image_folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, out, err = cli("prepare", "imagefolder", image_folder, "--name", "mine", "--cache-dir", cache, "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] == 10 and json.loads(out)["captioned"] == 10
+    code, out, err = cli("map-train", *TINY, "--data", "mine", "--epochs", "1", "--batch-size", "4",
+                         "--cache-dir", cache, "--workers", "0", "--json")
+    assert code == 0, err
+    assert "sta" in json.loads(out)
+    (image_folder / "metadata.jsonl").unlink()
+    code, out, err = cli("prepare", "imagefolder", image_folder, "--name", "bare", "--cache-dir", cache, "--json")
+    assert code == 0 and json.loads(out)["captioned"] == 0 and "without soft text alignment" not in out
+    code, out, err = cli("map-train", *TINY, "--data", "bare", "--epochs", "1", "--batch-size", "4",
+                         "--cache-dir", cache, "--workers", "0", "--json")
+    assert code == 0, err
+    assert "soft text alignment is off" in err and "sta" not in json.loads(out)
+
+
+def test_imagefolder_bad_metadata(cli, tmp_path, image_folder):
+    (image_folder / "metadata.jsonl").write_text('{"file_name": "a/img1.png", "text": "ok"}\n{"file_name": \n')
+    code, _, err = cli("prepare", "imagefolder", image_folder, "--cache-dir", tmp_path / "c")
+    assert code == 2 and "metadata.jsonl:2: not valid JSON" in err
+    (image_folder / "metadata.jsonl").write_text('{"file_name": "nope.png", "text": "x"}\n')
+    code, _, err = cli("prepare", "imagefolder", image_folder, "--cache-dir", tmp_path / "c")
+    assert code == 2 and "names 1 image(s) that do not exist: nope.png" in err
+    (image_folder / "metadata.jsonl").unlink()
+    (image_folder / "metadata.csv").write_text("name,text\na.png,x\n")
+    code, _, err = cli("prepare", "imagefolder", image_folder, "--cache-dir", tmp_path / "c")
+    assert code == 2 and "no 'file_name' column" in err
