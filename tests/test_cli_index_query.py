@@ -49,7 +49,7 @@ def test_query_by_file_finds_the_image_itself_first(cli, cache, image_folder, in
 
 def test_query_by_id_never_returns_the_reference(cli, cache, image_folder, indexed):
     ids = json.loads((cache / "index" / indexed / "ids.json").read_text())
-    code, out, err = cli("query", ids[0], "add a star", "--index", indexed, "-k", "20", "--json",
+    code, out, err = cli("query", ids[0], "add a star", "--index", indexed, "-k", "20", "--json", "--method", "sum",
                          "--cache-dir", cache)
     assert code == 0, err
     got = [r["id"] for r in json.loads(out)["results"]]
@@ -77,6 +77,12 @@ def test_query_refuses_an_index_of_another_model(cli, cache, image_folder, index
     assert "Traceback" not in err
 
 
+def test_default_method_needs_a_trained_run(cli, cache, image_folder, indexed):
+    ref = sorted(image_folder.rglob("*.png"))[0]
+    code, _, err = cli("query", ref, "make it red", *TINY, "--cache-dir", cache)
+    assert code == 2 and "No tscir run (Stage II) trained on zscir-tiny-vit" in err and "--method" in err
+
+
 def test_query_without_an_index_for_the_model(cli, cache, image_folder, indexed):
     code, _, err = cli("query", "x.png", "make it red", "--model", "zscir-tiny-rn", "--pretrained", "none",
                        "--cache-dir", cache)
@@ -87,7 +93,7 @@ def test_empty_text_and_missing_reference(cli, cache, image_folder, indexed):
     ref = sorted(image_folder.rglob("*.png"))[0]
     code, _, err = cli("query", ref, "  ", *TINY, "--cache-dir", cache)
     assert code == 2 and "modification text is empty" in err
-    code, _, err = cli("query", "/no/such/ref.png", "make it red", *TINY, "--cache-dir", cache)
+    code, _, err = cli("query", "/no/such/ref.png", "make it red", "--method", "sum", *TINY, "--cache-dir", cache)
     assert code == 2 and "Image not found: /no/such/ref.png" in err
 
 

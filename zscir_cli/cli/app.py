@@ -8,7 +8,8 @@ import traceback
 import typer
 
 from zscir_cli import __version__
-from zscir_cli.cli import cache, demo, index, map_train, models, prepare, pretrain, query
+from zscir_cli.cli import (cache, compose_train, demo, evaluate, index, map_train, models, prepare, pretrain,
+                           query, synth)
 from zscir_cli.cli.console import debug_enabled, error, setup_logging
 from zscir_cli.core.errors import EXIT_USER_ERROR, UserError
 
@@ -26,8 +27,13 @@ app.add_typer(prepare.app, name="prepare")
 app.command(help="Train the base CLIP of the shapes world from scratch.")(pretrain.pretrain)
 app.command("map-train", help="Stage I: map images to a pseudo-word (token learner, VSI, soft text "
                                "alignment).")(map_train.map_train)
+app.command(help="Write synthetic triplets from captions (template) or scene graphs (scene).")(synth.synth)
+app.command("compose-train", help="Stage II: composing adapters trained on synthetic triplets with hard "
+                                   "negative mining.")(compose_train.compose_train)
 app.command(help="Embed a gallery (a folder or a prepared data set) into a faiss index.")(index.index)
 app.command(help="Rank an index for a reference image plus a modification text.")(query.query)
+app.command("eval", help="Evaluate methods on a benchmark split (shapes), following its protocol.")(
+    evaluate.evaluate)
 app.command(help="Prepare, pretrain, index, query and evaluate on the shapes world, offline.")(demo.demo)
 app.command(help="List the architectures --model accepts.")(models.models)
 app.add_typer(cache.app, name="cache")

@@ -28,3 +28,17 @@ def human_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def print_hits(result) -> None:
+    """A query's results: a heading line, then rank / id / score."""
+    from rich.table import Table
+
+    out.print(f"\n{result.reference} + \"{result.text}\" (method {result.method})", highlight=False)
+    table = Table()
+    table.add_column("rank", justify="right")
+    table.add_column("id")
+    table.add_column("score", justify="right")
+    for hit in result.hits:
+        table.add_row(str(hit.rank), hit.id, f"{hit.score:.4f}")
+    out.print(table)

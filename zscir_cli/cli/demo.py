@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from zscir_cli.cli.common import make_context, print_json
+from zscir_cli.cli.common import make_context, print_hits, print_json
 from zscir_cli.cli.console import err, out
 from zscir_cli.cli.options import CacheDir, Device, Json, Seed
 
@@ -52,14 +52,7 @@ def demo(
     from rich.table import Table
 
     for ex in res.examples:
-        out.print(f"\n{ex.reference} + \"{ex.text}\" (method {ex.method})", highlight=False)
-        t = Table()
-        t.add_column("rank", justify="right")
-        t.add_column("id")
-        t.add_column("score", justify="right")
-        for h in ex.hits:
-            t.add_row(str(h.rank), h.id, f"{h.score:.3f}")
-        out.print(t)
+        print_hits(ex)
     b = res.backbone_eval
     out.print(f"base CLIP ({b['val_images']} val images): caption R@1 {b['caption_r1']:.1f}%, "
               f"colour {b.get('colour_acc', 0):.1f}%, shape {b.get('shape_acc', 0):.1f}%, "

@@ -7,17 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from zscir_cli.cli.common import make_context, print_json
-from zscir_cli.cli.console import err, out
+from zscir_cli.cli.common import make_context, print_hits, print_json
+from zscir_cli.cli.console import err
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
 
 
 def query(
     reference: Annotated[str, typer.Argument(help="Reference image: a file, or an id in the index.")],
     text: Annotated[str, typer.Argument(help="Modification text, e.g. \"make it red\".")],
-    method: Annotated[str, typer.Option(help="image, text, sum, pic2word or stage1.")] = "sum",
+    method: Annotated[str, typer.Option(help="tscir (both stages), stage1, pic2word, sum, image or text.")] = "tscir",
     run: Annotated[Optional[str], typer.Option(
-        "--run", help="Trained run for pic2word/stage1 [default: the newest for the model].",
+        "--run", help="Trained run for tscir/stage1/pic2word [default: the newest for the model].",
         show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show.")] = 10,
     index: Annotated[Optional[str], typer.Option(
@@ -34,9 +34,11 @@ def query(
     """Find the gallery images that show REFERENCE changed as TEXT says."""
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
     from zscir_cli.pipeline.methods import check_method, load_method
-    from zscir_cli.pipeline.query import resolve_query_index, run_query, spec_of_index, write_html
+    from zscir_cli.pipeline.query import (check_query_text, resolve_query_index, run_query, spec_of_index,
+                                          write_html)
 
     check_method(method)
+    check_query_text(text, method)
 
     ctx = make_context(cache_dir, device)
     if model is None and pretrained is None and index is not None:
@@ -57,13 +59,4 @@ def query(
     if json_out:
         print_json(res.to_json())
         return
-    from rich.table import Table
-
-    out.print(f"{method}: {reference} + \"{text}\"", highlight=False)
-    table = Table()
-    table.add_column("rank", justify="right")
-    table.add_column("id")
-    table.add_column("score", justify="right")
-    for hit in res.hits:
-        table.add_row(str(hit.rank), hit.id, f"{hit.score:.4f}")
-    out.print(table)
+    print_hits(res)

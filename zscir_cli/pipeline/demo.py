@@ -17,11 +17,17 @@ from zscir_cli.pipeline.methods import available_methods, load_method
 from zscir_cli.pipeline.pretrain import PretrainConfig, backbone_spec, pretrain
 from zscir_cli.pipeline.query import QueryResult, run_query, write_html
 from zscir_cli.pipeline.stage1 import Stage1Config, map_train
+from zscir_cli.pipeline.stage2 import Stage2Config, compose_train
+from zscir_cli.pipeline.synth import corpus_from_dataset, synthesise, write_triplets
 
 
 # Stage I on the shapes lab: a small text tower and 10k pairs learn faster with a larger step
 # than the paper's 1e-4 for ViT-L-14 (see the README's results).
 DEMO_STAGE1 = {"epochs": 10, "batch_size": 256, "lr": 1e-3}
+# Stage II: a small set of caption-template triplets (the low-quality recipe the method claims
+# to be robust to); the scene-graph triplets are written too, for comparison.
+DEMO_STAGE2 = {"epochs": 10, "batch_size": 128, "lr": 1e-3}
+DEMO_TRIPLETS = 5000
 
 
 @dataclass
@@ -29,6 +35,9 @@ class DemoConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     stage1: Stage1Config = field(default_factory=lambda: Stage1Config(**DEMO_STAGE1))
+    stage2: Stage2Config = field(default_factory=lambda: Stage2Config(triplets="", **DEMO_STAGE2))
+    triplets: int = DEMO_TRIPLETS  # synthetic triplets for Stage II
+    triplet_mode: str = "template"  # which recipe Stage II trains on (template | scene)
     examples: int = 4  # example queries shown and written to the HTML page
     top_k: int = 5  # results per example
     html: Path | None = Path("zscir-demo.html")
@@ -39,6 +48,8 @@ class DemoConfig:
         return DemoConfig(world=WorldConfig(seed=seed, train_pairs=32, val_pairs=24, cir_queries=12),
                           pretrain=PretrainConfig(steps=3, batch_size=8, seed=seed),
                           stage1=Stage1Config(epochs=1, batch_size=8, seed=seed),
+                          stage2=Stage2Config(triplets="", epochs=1, batch_size=8, seed=seed, hard_negatives=2),
+                          triplets=40,
                           examples=2, top_k=3)
 
 
@@ -55,17 +66,17 @@ class DemoResult:
 def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
     timings: dict[str, float] = {}
     t = time.time()
-    ctx.reporter.info("1/6 preparing the shapes world")
+    ctx.reporter.info("1/7 preparing the shapes world")
     data, _ = prepare_shapes(ctx, cfg.world)
     timings["prepare"] = time.time() - t
 
     t = time.time()
-    ctx.reporter.info("2/6 training the base CLIP (zscir pretrain)")
+    ctx.reporter.info("2/7 training the base CLIP (zscir pretrain)")
     backbone_art, _ = pretrain(ctx, cfg.pretrain, dataset=data.key)
     timings["pretrain"] = time.time() - t
 
     t = time.time()
-    ctx.reporter.info("3/6 Stage I mapping: stage1 (VSI + soft text alignment) and pic2word (neither)")
+    ctx.reporter.info("3/7 Stage I mapping: stage1 (VSI + soft text alignment) and pic2word (neither)")
     spec = backbone_spec(backbone_art)
     s1 = replace(cfg.stage1, data=data.key)
     map_train(ctx, spec, s1)
@@ -73,15 +84,21 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
     timings["map-train"] = time.time() - t
 
     t = time.time()
-    ctx.reporter.info("4/6 indexing the test gallery")
+    ctx.reporter.info("4/7 synthetic triplets (template and scene) and Stage II composing adapters")
     backbone = open_backbone(ctx, spec)
+    triplet_files = write_demo_triplets(ctx, data.key, backbone, cfg)
+    compose_train(ctx, spec, replace(cfg.stage2, triplets=str(triplet_files[cfg.triplet_mode])))
+    timings["compose-train"] = time.time() - t
+
+    t = time.time()
+    ctx.reporter.info("5/7 indexing the test gallery")
     index = build_index(ctx, backbone, resolve_gallery(ctx, f"{data.key}:test")).artifact
     timings["index"] = time.time() - t
 
     t = time.time()
     methods = available_methods(ctx, backbone)
     method = load_method(ctx, methods[-1], backbone)  # the most complete method trained
-    ctx.reporter.info(f"5/6 example queries (method {method.name})")
+    ctx.reporter.info(f"6/7 example queries (method {method.name})")
     queries = load_split(data, "cir", "test")
     examples, seen = [], set()
     for row in queries:  # one example per edit type, in order
@@ -97,8 +114,36 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
     timings["examples"] = time.time() - t
 
     t = time.time()
-    ctx.reporter.info("6/6 evaluating every method on the shapes test split")
+    ctx.reporter.info("7/7 evaluating every method on the shapes test split")
     evaluation = evaluate_shapes(ctx, backbone, methods, split="test", dataset=data.key)
     timings["evaluate"] = time.time() - t
     return DemoResult(timings, backbone_art.manifest["eval"], examples, evaluation, index.key,
                       str(backbone_spec(backbone_art).pretrained))
+
+
+def write_demo_triplets(ctx: Context, data_key: str, backbone, cfg: DemoConfig) -> dict[str, Path]:
+    """Both recipes' triplet files, as cache artifacts of kind 'triplets' (reused when present)."""
+    import torch
+
+    corpus = corpus_from_dataset(ctx, data_key)
+    files = {}
+    for mode in ("template", "scene"):
+        config = {"data": data_key, "mode": mode, "max_triplets": cfg.triplets, "seed": cfg.stage2.seed,
+                  "min_similarity": 0.9, "model": backbone.spec.identity() if mode == "template" else None}
+        key = ctx.store.key_for("triplets", config)
+        art = ctx.store.get("triplets", key)
+        if art is None:
+            def embed(texts: list[str]):
+                return torch.cat([backbone.encode_texts(texts[i:i + 512]).cpu()
+                                  for i in range(0, len(texts), 512)]).numpy()
+
+            report = synthesise(ctx, corpus, mode=mode, max_triplets=cfg.triplets, seed=cfg.stage2.seed,
+                                min_similarity=0.9, embed=embed)
+            with ctx.store.create("triplets", key, config=config, seed=cfg.stage2.seed,
+                                  description=f"{len(report.triplets)} {mode} triplets") as out:
+                write_triplets(report, corpus, out.path / "triplets.jsonl")
+                out.manifest["counts"] = dict(report.counts)
+                out.manifest["rejected"] = dict(report.rejected)
+            art = ctx.store.get("triplets", key)
+        files[mode] = art.path / "triplets.jsonl"
+    return files

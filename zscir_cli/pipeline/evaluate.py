@@ -37,7 +37,8 @@ class MethodResult:
 
 
 def evaluate_shapes(ctx: Context, backbone: Backbone, methods: list[str], split: str = "test",
-                    dataset: str = "shapes") -> dict[str, Any]:
+                    dataset: str = "shapes", runs: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every method on one split of the shapes CIR benchmark; `runs` pins a trained method's run."""
     art = find_dataset(ctx, dataset)
     queries = load_split(art, "cir", split)
     gallery = resolve_gallery(ctx, f"{dataset}:{split}")
@@ -53,7 +54,7 @@ def evaluate_shapes(ctx: Context, backbone: Backbone, methods: list[str], split:
     run_ids: dict[str, str] = {}
     ref_tokens = None
     for name in methods:
-        method = load_method(ctx, name, backbone)
+        method = load_method(ctx, name, backbone, (runs or {}).get(name))
         if method.run is not None:
             run_ids[name] = method.run.key
         tokens = None

@@ -10,6 +10,7 @@ compared with any other on the same references, texts and gallery.
 | sum      | normalise(normalised image feature + normalised text feature)               |
 | pic2word | "a photo of $ that {text}", $ from a token learner alone (no VSI, no STA)   |
 | stage1   | the same prompt with the Stage I mapper (token learner + VSI, trained with STA) |
+| tscir    | the same prompt through the text encoder with Stage II's composing adapters  |
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import torch
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.model.backbone import Backbone
+from zscir_cli.model.adapters import ComposingAdapters
 from zscir_cli.model.mapping import COMPOSE_PROMPT, Mapper
 from zscir_cli.model.text import TextEncoder
 from zscir_cli.pipeline.context import Context
 
 BASELINES = ("image", "text", "sum")
-TRAINED = ("pic2word", "stage1")
+TRAINED = ("pic2word", "stage1", "tscir")
 METHODS = BASELINES + TRAINED
 
 
@@ -42,6 +44,7 @@ class QueryMethod:
     backbone: Backbone
     mapper: Mapper | None = None
     run: Artifact | None = None
+    adapters: ComposingAdapters | None = None
 
     @property
     def needs_tokens(self) -> bool:
@@ -82,7 +85,8 @@ class QueryMethod:
                 v = ref[s:s + batch_size].to(device)
                 vis = (torch.from_numpy(np.asarray(ref_tokens[s:s + batch_size], dtype=np.float32)).to(device)
                        if self.needs_tokens else None)
-                out.append(self.mapper.encode(encoder, tokens, v, vis).cpu())
+                hooks = self.adapters.hooks() if self.adapters is not None else None
+                out.append(self.mapper.encode(encoder, tokens, v, vis, extra_hooks=hooks).cpu())
         return torch.cat(out).numpy() if out else ref[:0].numpy()
 
 
@@ -91,6 +95,12 @@ def load_method(ctx: Context, name: str, backbone: Backbone, run: str | None = N
     check_method(name)
     if name in BASELINES:
         return QueryMethod(name, backbone)
+    if name == "tscir":
+        from zscir_cli.pipeline.stage2 import find_stage2
+
+        art = find_stage2(ctx, backbone.spec, run)
+        return QueryMethod(name, backbone, Mapper.load(art.path, backbone.device), art,
+                           ComposingAdapters.load(art.path, backbone.device))
     from zscir_cli.pipeline.stage1 import find_stage1
 
     art = find_stage1(ctx, backbone.spec, name, run)

@@ -53,13 +53,17 @@ def resolve_query_index(ctx: Context, spec: ModelSpec | None, index_ref: str | N
     return find_index(ctx, spec, index_ref)
 
 
+def check_query_text(text: str, method: str) -> None:
+    if not text.strip() and method != "image":
+        raise UserError("The modification text is empty.",
+                        "Say what to change, e.g. \"make it red\" (or use --method image).")
+
+
 def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str, text: str,
               k: int = 10) -> QueryResult:
     """Rank the index for (reference, text). `reference` is an image path or an id in the index."""
     backbone = method.backbone
-    if not text.strip() and method.name != "image":
-        raise UserError("The modification text is empty.",
-                        "Say what to change, e.g. \"make it red\" (or use --method image).")
+    check_query_text(text, method.name)
     if k < 1:
         raise UserError(f"--top-k must be at least 1, got {k}.", "Pass --top-k 10, say.")
     faiss_index, features, ids = search.load(index.path)

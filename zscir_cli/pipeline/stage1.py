@@ -21,7 +21,7 @@ from zscir_cli.model.text import TextEncoder, placeholder_token_id
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
 from zscir_cli.pipeline.features import FeatureSet, cached_features
-from zscir_cli.pipeline.training import TrainSpec, device_for, gather, init_distributed, train
+from zscir_cli.pipeline.training import TrainSpec, device_for, find_run, gather, init_distributed, train
 
 KIND = "stage1"
 
@@ -132,7 +132,7 @@ def map_train(ctx: Context, spec: ModelSpec, cfg: Stage1Config, *, resume: bool 
     net = Stage1Net(mapper, encoder)
     prompt = backbone.tokenizer([PROMPT.replace("$", cfg.placeholder)]).to(device)  # (1, L)
 
-    def step_fn(model: nn.Module, idx: torch.Tensor):
+    def step_fn(model: nn.Module, idx: torch.Tensor, _batch: torch.Tensor):
         v = _rows(train_feats.image, idx, device)
         visual = _rows(train_feats.tokens, idx, device) if mcfg.vsi_layers else None
         with autocast(device):
@@ -180,16 +180,7 @@ def map_train(ctx: Context, spec: ModelSpec, cfg: Stage1Config, *, resume: bool 
 
 def find_stage1(ctx: Context, spec: ModelSpec, method: str, run: str | None = None) -> Artifact:
     """The newest Stage I run of this backbone for `method` (pic2word: no VSI, no STA)."""
-    if run:
-        art = ctx.store.resolve(run if "/" in run else f"{KIND}/{run}")
-        if art.manifest.get("model") != spec.identity():
-            raise UserError(f"Stage I run {art.key} was trained on another backbone than {spec.label()}.",
-                            "Use a run of the same --model/--pretrained, or train one with 'zscir map-train'.")
-        return art
-    ident = spec.identity()
-    found = ctx.store.find(KIND, lambda a: a.manifest.get("model") == ident and a.manifest.get("method") == method)
-    if not found:
-        flags = " --no-vsi --no-sta" if method == "pic2word" else ""
-        raise UserError(f"No {method} run (Stage I) trained on {spec.label()} in {ctx.store.root}.",
+    flags = " --no-vsi --no-sta" if method == "pic2word" else ""
+    missing = UserError(f"No {method} run (Stage I) trained on {spec.label()} in {ctx.store.root}.",
                         f"Train one: zscir map-train --model {spec.name} --pretrained ...{flags}")
-    return found[0]
+    return find_run(ctx, KIND, spec, run, lambda a: a.manifest.get("method") == method, missing)

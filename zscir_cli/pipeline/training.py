@@ -104,6 +104,22 @@ class TrainSpec:
     extra_manifest: dict[str, Any] = field(default_factory=dict)
 
 
+def find_run(ctx: Context, kind: str, spec, run: str | None, where, missing: UserError) -> Artifact:
+    """The run named `run` (it must be of `spec`'s backbone), else the newest of `kind` for the
+    backbone that `where(artifact)` accepts; `missing` is raised when there is none."""
+    if run:
+        art = ctx.store.resolve(run if "/" in run else f"{kind}/{run}")
+        if art.manifest.get("model") != spec.identity():
+            raise UserError(f"{kind} run {art.key} was trained on another backbone than {spec.label()}.",
+                            "Use a run of the same --model/--pretrained, or train one for this backbone.")
+        return art
+    ident = spec.identity()
+    found = ctx.store.find(kind, lambda a: a.manifest.get("model") == ident and where(a))
+    if not found:
+        raise missing
+    return found[0]
+
+
 class Partial:
     """The folder of a run in progress."""
 
@@ -140,15 +156,15 @@ def _save_atomic(write: Callable[[Path], None], path: Path) -> None:
 
 
 def train(ctx: Context, spec: TrainSpec, module: nn.Module, *, device: torch.device, d: Dist,
-          step_fn: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
+          step_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
           evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
           on_epoch_start: Callable[[nn.Module, int], None] | None = None,
           finalize: Callable[[Path], None] | None = None,
           resume: bool = False, stop_after_epoch: int | None = None) -> Artifact | None:
     """Train `module`'s trainable parameters; returns the finished artifact (None if stopped early).
 
-    step_fn(model, local_indices) -> (loss, logs): the loss of the global batch whose slice of
-    example indices this rank holds.
+    step_fn(model, local_indices, batch_indices) -> (loss, logs): the loss of the global batch
+    `batch_indices`, of which this rank holds `local_indices`.
     """
     from safetensors.torch import load_file, save_file
 
@@ -209,7 +225,7 @@ def train(ctx: Context, spec: TrainSpec, module: nn.Module, *, device: torch.dev
                     group["lr"] = _lr(spec, g, total)
                 batch = order[step * spec.batch_size:(step + 1) * spec.batch_size]
                 mine = batch[d.rank * local:(d.rank + 1) * local]
-                loss, logs = step_fn(model, mine)
+                loss, logs = step_fn(model, mine, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,148 @@
+"""Stage II: adapters start as the identity, mining never returns a false negative, the CLI end
+to end (synth, compose-train, query) on a tiny model, and its bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
+from zscir_cli.model.backbone import ModelSpec, load_backbone
+from zscir_cli.model.mapping import Mapper, MappingConfig
+from zscir_cli.model.text import TextEncoder, placeholder_token_id
+from zscir_cli.pipeline.stage2 import mine_hard_negatives
+
+TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
+
+
+def test_zero_initialised_adapters_leave_the_stage1_encoder_unchanged():
+    bb = load_backbone(ModelSpec("zscir-tiny-vit", "none"))
+    enc = TextEncoder(bb.model, placeholder_token_id(bb.tokenizer))
+    mapper = Mapper(MappingConfig(image_dim=32, text_width=64, text_depth=4, token_dim=32,
+                                  placeholder_id=enc.placeholder_id, vsi_layers=[2, 4], vsi_heads=2)).eval()
+    with torch.no_grad():
+        for blk in mapper.vsi.values():
+            blk.gate.fill_(0.7)  # a trained Stage I: gates open
+    adapters = ComposingAdapters(AdapterConfig(64, 4, dim=8))
+    assert adapters.cfg.layers == [1, 2, 3, 4]
+    tokens = bb.tokenizer(["a photo of $ that is red", "a photo of $ that has a star"])
+    v, vis = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1), torch.randn(2, 17, 32)
+    with torch.no_grad():
+        base = mapper.encode(enc, tokens, v, vis)
+        assert torch.equal(mapper.encode(enc, tokens, v, vis, extra_hooks=adapters.hooks()), base)
+        adapters.blocks["3"].up.weight.normal_()
+        assert not torch.allclose(mapper.encode(enc, tokens, v, vis, extra_hooks=adapters.hooks()), base)
+
+
+def test_adapter_layers_outside_the_depth():
+    from zscir_cli.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"--adapter-layers 7 outside the text encoder's depth \(blocks 1..4\)"):
+        ComposingAdapters(AdapterConfig(64, 4, 8, [1, 7]))
+
+
+def test_mining_never_returns_the_target_nor_its_caption():
+    rng = np.random.default_rng(0)
+    feats = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(12, 8)).astype(np.float32)), dim=-1)
+    pool = np.arange(12)
+    captions = ["c%d" % i for i in range(12)]
+    captions[5] = captions[3]  # image 5 looks like the target of query 0 by its caption
+    ref, tgt = np.array([0, 7]), np.array([3, 9])
+    # query 0 sits on its target, query 1 between its target and image 2
+    q = torch.stack([feats[3] + 0.9 * feats[5], feats[9] + feats[2]])
+    out = mine_hard_negatives(q, pool, feats, ref, tgt, captions, k=4)
+    assert out.shape == (2, 4)
+    assert not {3, 5, 0} & set(out[0].tolist())
+    assert not {9, 7} & set(out[1].tolist()) and out[1][0] == 2
+    scores = (q[1] @ feats.T).numpy()
+    allowed = [i for i in np.argsort(-scores) if i not in (9, 7)]
+    assert out[1].tolist() == allowed[:4]  # the nearest allowed, nearest first
+    tiny = mine_hard_negatives(q[:1], np.array([0, 3, 5]), feats[[0, 3, 5]], ref[:1], tgt[:1], captions, k=3)
+    assert tiny.tolist() == [[0, 0, 0]]  # nothing allowed: the reference fills in
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A small world with a Stage I run of the tiny model, shared by the CLI tests below."""
+    from zscir_cli.cli.app import run
+
+    root = tmp_path_factory.mktemp("s2")
+    assert run(["prepare", "shapes", "--train-pairs", "400", "--val-pairs", "16", "--queries", "12",
+                "--cache-dir", str(root)]) == 0
+    assert run(["map-train", *TINY, "--epochs", "1", "--batch-size", "32", "--workers", "0",
+                "--cache-dir", str(root)]) == 0
+    return root
+
+
+@pytest.fixture
+def cache(trained, tmp_path) -> Path:
+    dst = tmp_path / "cache"
+    shutil.copytree(trained, dst)
+    return dst
+
+
+def test_synth_compose_train_and_query_end_to_end(cli, cache, tmp_path):
+    scene, tmpl = tmp_path / "scene.jsonl", tmp_path / "template.jsonl"
+    code, out, err = cli("synth", "--data", "shapes", "--mode", "scene", "--out", scene, "--max-triplets", "300",
+                         "--cache-dir", cache, "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["triplets"] == len(scene.read_text().splitlines()) > 50
+    row = json.loads(scene.read_text().splitlines()[0])
+    assert {"reference", "target", "modification", "reference_caption", "target_caption", "edit_type", "old",
+            "new", "score", "source", "dataset"} <= set(row)
+    code, out, err = cli("synth", "--data", "shapes", "--out", tmpl, "--cache-dir", cache, *TINY)
+    assert code == 0, err
+    assert "edit type" in out and "rejected because" in out and "total" in out
+    code, out, err = cli("compose-train", "--triplets", scene, *TINY, "--epochs", "2", "--batch-size", "32",
+                         "--hard-negatives", "4", "--cache-dir", cache, "--workers", "0", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    run_dir = cache / "stage2" / res["run"]
+    assert {"adapters.safetensors", "adapters.json", "weights.safetensors", "config.json",
+            "metrics.jsonl"} <= {p.name for p in run_dir.iterdir()}
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(0 <= m["hit@1"] <= 1 for m in metrics)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["hard_negatives"] == 4 and manifest["stage1_run"] == res["stage1_run"]
+    code, out, err = cli("index", "shapes", *TINY, "--cache-dir", cache, "--workers", "0")
+    assert code == 0, err
+    index = out.strip()
+    ids = json.loads((cache / "index" / index / "ids.json").read_text())
+    code, out, err = cli("query", ids[0], "make the circle blue", "--index", index, "--json", "--cache-dir", cache)
+    assert code == 0, err  # tscir is the default method
+    q = json.loads(out)
+    assert q["method"] == "tscir" and q["run"] == res["run"] and len(q["results"]) == 10
+
+
+def test_compose_train_bad_input(cli, cache, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"reference": "train-000001", "target": "train-000002", "modification": "x", "dataset": "k"}\n'
+                   '{"reference": 3}\n')
+    code, _, err = cli("compose-train", "--triplets", bad, *TINY, "--cache-dir", cache)
+    assert code == 2 and "bad.jsonl:2: missing or empty reference, target, modification" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    code, _, err = cli("compose-train", "--triplets", empty, *TINY, "--cache-dir", cache)
+    assert code == 2 and "holds no usable triplet" in err
+    good = tmp_path / "t.jsonl"
+    code, _, _ = cli("synth", "--data", "shapes", "--mode", "scene", "--out", good, "--cache-dir", cache)
+    assert code == 0
+    stage1 = next((cache / "stage1").iterdir()).name
+    code, _, err = cli("compose-train", "--triplets", good, "--model", "zscir-tiny-rn", "--pretrained", "none",
+                       "--stage1", stage1, "--cache-dir", cache)
+    assert code == 2 and "stage1 run" in err and "trained on another backbone" in err
+    code, _, err = cli("compose-train", "--triplets", good, "--model", "zscir-tiny-rn", "--pretrained", "none",
+                       "--cache-dir", cache)
+    assert code == 2 and "No stage1 run (Stage I) trained on zscir-tiny-rn" in err
+    code, _, err = cli("synth", "--captions", tmp_path / "none.csv", "--out", good, "--cache-dir", cache)
+    assert code == 2 and "Captions file not found" in err
+    code, _, err = cli("synth", "--out", good, "--cache-dir", cache)
+    assert code == 2 and "exactly one of --data and --captions" in err
+
+

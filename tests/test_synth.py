@@ -1,0 +1,151 @@
+"""Template and scene triplets on hand-written captions; triplet files that are wrong."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from zscir_cli.core.errors import UserError
+from zscir_cli.data.synth import normalise, propose_edits, scene_triplets, template_triplets
+from zscir_cli.pipeline.synth import read_triplets
+
+CAPTIONS = [
+    "a red dress with long sleeves",  # 0
+    "a blue dress with long sleeves",  # 1: 0 with red -> blue
+    "A red dress with short sleeves.",  # 2: 0 with long -> short
+    "two dogs on a white background",  # 3
+    "three dogs on a white background",  # 4: 3 with two -> three
+    "two dogs on a black background",  # 5: 3 with a black background
+    "a cat and a dog on a white background",  # 6
+    "a dog on a white background",  # 7: 6 without the cat
+]
+IDS = [f"img{i}" for i in range(len(CAPTIONS))]
+
+
+def test_normalise():
+    assert normalise("A red dress, with SHORT sleeves.") == "a red dress with short sleeves"
+
+
+def test_exact_targets_of_hand_written_captions():
+    got, rejected = set(), 0
+    for seed in range(5):  # each seed draws one value per edit type; together they cover the corpus
+        rep = template_triplets(IDS, CAPTIONS, None, max_triplets=100, seed=seed, per_caption=5)
+        rejected += rep.rejected["no exact target"]
+        for t in rep.triplets:  # every kept triplet is an exact, verified match
+            assert t.score == 1.0 and t.reference != t.target and t.source == "template"
+            ref, tgt = normalise(t.reference_caption).split(), normalise(t.target_caption).split()
+            if t.edit_type in ("replace", "count", "background"):
+                assert [w if w != t.old else t.new for w in ref] == tgt
+            got.add((t.reference, t.target, t.edit_type, t.old, t.new))
+    assert ("img3", "img4", "count", "two", "three") in got
+    assert ("img3", "img5", "background", "white", "black") in got
+    assert ("img6", "img7", "remove", "cat", "") in got
+    assert ("img0", "img2", "replace", "long", "short") in got
+    assert ("img0", "img5", "replace", "red", "black") not in got  # a dress is not two dogs
+    assert rejected > 0  # e.g. red -> white: no white dress in the corpus
+
+
+def test_edits_only_propose_values_the_corpus_holds():
+    from zscir_cli.data.synth import corpus_vocab
+
+    vocab = corpus_vocab([normalise(c) for c in CAPTIONS])
+    assert set(vocab["colour"]) == {"red", "blue", "white", "black"}
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        for c in propose_edits(0, CAPTIONS[0], rng, 5, vocab):
+            assert all(w in " ".join(CAPTIONS).lower() for w in c.new.split())
+
+
+def _embed_lookup(texts):
+    """A stand-in text embedding: bag of words, normalised (enough to order near captions)."""
+    vocab = sorted({w for t in CAPTIONS + texts for w in normalise(t).split()})
+    out = np.zeros((len(texts), len(vocab)), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in normalise(t).split():
+            out[i, vocab.index(w)] += 1
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_nearest_caption_checks_new_and_old_words_and_the_threshold():
+    caps = ["a red dress", "a small blue dress on a white background", "a red car"]
+    ids = ["a", "b", "c"]
+    words = sorted({w for t in caps for w in normalise(t).split()} | {"blue"})
+
+    def embed(texts):
+        out = np.zeros((len(texts), len(words)), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in normalise(t).split():
+                if w in words:
+                    out[i, words.index(w)] += 1
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    pairs = set()
+    for seed in range(6):
+        loose = template_triplets(ids, caps, embed, max_triplets=50, seed=seed, min_similarity=0.3, per_caption=5)
+        for t in loose.triplets:
+            target = normalise(t.target_caption).split()
+            assert t.score < 1.0 and t.reference != t.target
+            if t.edit_type == "replace":  # the target shows the new value and not the old one
+                assert t.new in target and t.old not in target
+            pairs.add((t.reference, t.target, t.new))
+    assert ("a", "b", "blue") in pairs  # red -> blue: 'b' has blue and no red
+    assert ("a", "c", "blue") not in pairs  # 'c' keeps red
+    strict = [template_triplets(ids, caps, embed, max_triplets=50, seed=seed, min_similarity=0.99, per_caption=5)
+              for seed in range(6)]
+    assert not any(t.score < 0.99 for rep in strict for t in rep.triplets)
+    assert any("below similarity 0.99" in r for rep in strict for r in rep.rejected)
+
+
+def test_balancing_and_deduplication():
+    rep = template_triplets(IDS, CAPTIONS, None, max_triplets=2, seed=0, per_caption=5)
+    assert len(rep.triplets) == 2 and len({t.edit_type for t in rep.triplets}) == 2
+    assert rep.rejected["over --max-triplets after balancing"] > 0
+
+
+def test_scene_triplets_are_exact():
+    from zscir_cli.data import shapes
+
+    cfg = shapes.WorldConfig(seed=2)
+    recs = [shapes.pair_record(cfg, "train", i) for i in range(400)]
+    rep = scene_triplets([r["id"] for r in recs], [r["scene"] for r in recs], [r["caption"] for r in recs],
+                         max_triplets=200, seed=0)
+    by_id = {r["id"]: r for r in recs}
+    assert len(rep.triplets) > 20 and len(rep.counts) >= 4
+    for t in rep.triplets:
+        assert t.source == "scene" and t.reference != t.target
+        ref, tgt = by_id[t.reference]["scene"], by_id[t.target]["scene"]
+        assert ref.signature() != tgt.signature()
+        if t.edit_type == "background":
+            assert tgt.background == t.new and tgt.objects and sorted(o.kind for o in tgt.objects) == \
+                sorted(o.kind for o in ref.objects)
+
+
+def test_malformed_triplet_files_name_the_line(tmp_path):
+    good = {"reference": "a", "target": "b", "modification": "make it red", "dataset": "k"}
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps(good) + "\n" + '{"reference": "a", "target": \n')
+    with pytest.raises(UserError, match=r"t.jsonl:2: not valid JSON"):
+        read_triplets(f)
+    f.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "modification": " "}) + "\n")
+    with pytest.raises(UserError, match=r"t.jsonl:3: missing or empty modification"):
+        read_triplets(f)
+    f.write_text("")
+    with pytest.raises(UserError, match="holds no usable triplet"):
+        read_triplets(f)
+    with pytest.raises(UserError, match="Triplet file not found"):
+        read_triplets(tmp_path / "none.jsonl")
+
+
+def test_missing_images_are_named_or_skipped(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "b.png").write_bytes(b"x")
+    f = tmp_path / "t.jsonl"
+    rows = [{"reference": "a.png", "target": "b.png", "modification": "m"},
+            {"reference": "a.png", "target": "gone.png", "modification": "m"}]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(UserError, match=r"t.jsonl:2: target image not found: .*gone.png.*--skip-bad"):
+        read_triplets(f)
+    tf = read_triplets(f, skip_bad=True)
+    assert len(tf.rows) == 1 and len(tf.skipped) == 1 and tf.rows[0]["reference"] == str(tmp_path / "a.png")

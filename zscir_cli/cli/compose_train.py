@@ -1,0 +1,60 @@
+"""`zscir compose-train`: Stage II."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from zscir_cli.cli.common import make_context, print_json
+from zscir_cli.cli.console import err, out
+from zscir_cli.cli.map_train import _layers, _rank
+from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained, Seed, Workers
+
+
+def compose_train(
+    triplets: Annotated[Path, typer.Option(help="Triplet file (JSONL) from 'zscir synth'.")],
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=2, help="Global batch of triplets.")] = 128,
+    lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate (cosine schedule).")] = 1e-4,
+    adapter_dim: Annotated[int, typer.Option(min=1, help="Adapter bottleneck width.")] = 64,
+    adapter_layers: Annotated[Optional[str], typer.Option(help="Text blocks followed by an adapter, e.g. "
+                                                          "1,2 [default: every block].", show_default=False)] = None,
+    hard_negatives: Annotated[int, typer.Option(min=0, help="K mined negatives per query, re-mined every epoch.")] = 8,
+    no_hard_negatives: Annotated[bool, typer.Option("--no-hard-negatives", help="In-batch negatives only (no "
+                                                    "reference, no mined images).")] = False,
+    tune_stage1: Annotated[bool, typer.Option("--tune-stage1", help="Unfreeze the Stage I mapper.")] = False,
+    stage1_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the Stage I loss (with --tune-stage1).")] = 0.0,
+    stage1: Annotated[Optional[str], typer.Option(help="Stage I run [default: the newest stage1 run of the model].",
+                                                  show_default=False)] = None,
+    seed: Seed = 0,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out triplets whose image is missing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")] = False,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    json_out: Json = False,
+    device: Device = "auto",
+    workers: Workers = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Stage II: train composing adapters on synthetic triplets with hard negative mining."""
+    from zscir_cli.pipeline.backbones import resolve_spec
+    from zscir_cli.pipeline.stage2 import Stage2Config
+    from zscir_cli.pipeline.stage2 import compose_train as run
+
+    ctx = make_context(cache_dir, device, workers)
+    cfg = Stage2Config(triplets=str(triplets), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                       adapter_dim=adapter_dim, adapter_layers=_layers(adapter_layers), hard_negatives=hard_negatives,
+                       use_hard_negatives=not no_hard_negatives, tune_stage1=tune_stage1,
+                       stage1_weight=stage1_weight, stage1=stage1, skip_bad=skip_bad)
+    art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume)
+    if _rank() != 0 or art is None:
+        return
+    final = art.manifest.get("final", {})
+    if json_out:
+        print_json({"run": art.key, "path": str(art.path), "stage1_run": art.manifest.get("stage1_run"), **final})
+        return
+    err.print(f"tscir run {art.key} (on Stage I run {art.manifest.get('stage1_run')}): {art.path}", highlight=False)
+    out.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in final.items() if k != "lr"), highlight=False)

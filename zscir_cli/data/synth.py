@@ -1,0 +1,322 @@
+"""Synthetic triplets (reference, modification, target) from captions, without a language model.
+
+Two recipes:
+
+- template (any captioned corpus): find editable spans with vocabularies, edit one (replace a
+  value, add an object, remove an object, change a count), write the modification from a
+  template drawn per edit type, and choose the target: the corpus image whose normalised
+  caption equals the edited one, else the nearest caption by text embedding, accepted only
+  above a similarity threshold, only if it holds the new word and lacks the old one.
+- scene (the shapes world): exact triplets from the scene graph: the edit is applied to the
+  reference's scene and the target is a corpus image whose scene equals the result up to
+  position.
+
+This module never imports the model: the nearest-caption search takes an `embed` function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+VOCAB: dict[str, tuple[str, ...]] = {
+    "colour": ("red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray", "grey",
+               "pink", "brown", "beige", "navy", "teal", "gold", "silver", "maroon"),
+    "material": ("cotton", "leather", "denim", "silk", "wool", "linen", "lace", "velvet", "satin",
+                 "wooden", "metal", "glass", "plastic", "stone"),
+    "pattern": ("striped", "floral", "plaid", "checkered", "dotted", "solid", "printed", "paisley"),
+    "size": ("small", "large", "big", "tiny", "huge", "long", "short"),
+    "count": ("two", "three", "four", "five", "six"),
+    "object": ("circle", "square", "triangle", "star", "cross", "dog", "cat", "car", "bird", "horse",
+               "person", "man", "woman", "child", "tree", "flower", "chair", "table", "cup", "bottle",
+               "ball", "boat", "bicycle", "bag", "hat", "shoe"),
+    "garment_part": ("sleeves", "collar", "neckline", "buttons", "pockets", "hood", "zipper", "belt"),
+    "background": ("background",),  # marks '<value> background' spans
+}
+# which categories a 'replace' edit may swap within
+REPLACEABLE = ("colour", "material", "pattern", "size", "object", "count")
+# grey/gray and big/large are synonyms: never swap one for the other
+SYNONYMS = [{"gray", "grey"}, {"big", "large"}]
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "replace": ("make it {new}", "change the {old} to {new}", "{new} instead of {old}",
+                "replace {old} with {new}", "make the {old} one {new}", "it should be {new}, not {old}"),
+    "replace_object": ("change the {old} to a {new}", "a {new} instead of the {old}",
+                       "replace the {old} with a {new}", "show a {new} rather than a {old}"),
+    "background": ("change the background to {new}", "make the background {new}",
+                   "on a {new} background instead", "use a {new} background"),
+    "count": ("show {new} instead of {old}", "make it {new} {noun}", "there should be {new} {noun}"),
+    "add": ("add {a_obj}", "also show {a_obj}", "with {a_obj} as well", "put {a_obj} in it"),
+    "remove": ("remove the {obj}", "without the {obj}", "take away the {obj}", "get rid of the {obj}"),
+}
+EDIT_TYPES = ("replace", "background", "count", "add", "remove")
+_WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
+
+
+def normalise(caption: str) -> str:
+    """Lower case, punctuation to spaces, single spaces: the key of exact target matching."""
+    return " ".join(_WORD.findall(caption.lower()))
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def _category(word: str) -> str | None:
+    for cat, words in VOCAB.items():
+        if word in words and cat != "background":
+            return cat
+    return None
+
+
+def _synonyms(a: str, b: str) -> bool:
+    return a == b or any(a in s and b in s for s in SYNONYMS)
+
+
+@dataclass
+class Candidate:
+    """An edited caption waiting for its target."""
+
+    ref: int  # corpus row of the reference
+    edit_type: str
+    old: str
+    new: str
+    edited: str  # the edited caption
+    modification: str
+
+
+@dataclass
+class Triplet:
+    reference: str
+    target: str
+    modification: str
+    reference_caption: str
+    target_caption: str
+    edit_type: str
+    old: str
+    new: str
+    score: float  # 1.0 for an exact match, else the caption similarity
+    source: str  # template | scene
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def corpus_vocab(normalised: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The vocabularies restricted to words the corpus holds: an edit towards a value that no
+    caption has can never find a target."""
+    present = {w for c in normalised for w in c.split()}
+    return {cat: tuple(w for w in words if w in present) for cat, words in VOCAB.items()}
+
+
+def _fix_articles(words: list[str]) -> list[str]:
+    out = list(words)
+    for i in range(len(out) - 1):
+        if out[i] in ("a", "an"):
+            out[i] = "an" if out[i + 1][:1] in "aeiou" else "a"
+    return out
+
+
+def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption: int = 3,
+                  vocab: dict[str, tuple[str, ...]] | None = None) -> list[Candidate]:
+    """Up to `per_caption` edits of one caption, of different types where possible."""
+    vocab = vocab or VOCAB
+    words = normalise(caption).split()
+    out: dict[str, Candidate] = {}
+    spans = [(i, w, _category(w)) for i, w in enumerate(words)]
+    # replace a value (colour, material, pattern, size, object, count)
+    values = [(i, w, c) for i, w, c in spans if c in REPLACEABLE and c != "count"
+              and not (i + 1 < len(words) and words[i + 1] == "background")]
+    if values:
+        i, old, cat = values[int(rng.integers(len(values)))]
+        choices = [w for w in vocab[cat] if not _synonyms(w, old) and w not in words]
+        if choices:
+            new = choices[int(rng.integers(len(choices)))]
+            edited = " ".join(_fix_articles(words[:i] + [new] + words[i + 1:]))
+            kind = "replace_object" if cat == "object" else "replace"
+            tpl = TEMPLATES[kind][int(rng.integers(len(TEMPLATES[kind])))]
+            out["replace"] = Candidate(row, "replace", old, new, edited, tpl.format(old=old, new=new))
+    # the background's value
+    bg = [i for i, w in enumerate(words) if w == "background" and i > 0 and _category(words[i - 1]) == "colour"]
+    if bg:
+        i = bg[0] - 1
+        old = words[i]
+        choices = [w for w in vocab["colour"] if not _synonyms(w, old) and w not in words]
+        if choices:
+            new = choices[int(rng.integers(len(choices)))]
+            tpl = TEMPLATES["background"][int(rng.integers(len(TEMPLATES["background"])))]
+            out["background"] = Candidate(row, "background", old, new,
+                                          " ".join(_fix_articles(words[:i] + [new] + words[i + 1:])),
+                                          tpl.format(old=old, new=new))
+    # a count followed by a plural noun
+    counts = [i for i, w in enumerate(words[:-1]) if w in VOCAB["count"]]
+    count_choices = [w for w in vocab["count"] if counts and w != words[counts[0]]]
+    if counts and count_choices:
+        i = counts[0]
+        old = words[i]
+        new = count_choices[int(rng.integers(len(count_choices)))]
+        tpl = TEMPLATES["count"][int(rng.integers(len(TEMPLATES["count"])))]
+        out["count"] = Candidate(row, "count", old, new, " ".join(words[:i] + [new] + words[i + 1:]),
+                                 tpl.format(old=old, new=new, noun=words[i + 1]))
+    # remove one phrase of an 'A, B and C' list: the phrase of an object noun with its modifiers
+    objects = [i for i, w, c in spans if c == "object"]
+    if len(objects) >= 2:
+        k = int(rng.integers(len(objects)))
+        end = objects[k]
+        start = end
+        while start > 0 and words[start - 1] not in ("and", "with") and _category(words[start - 1]) is not None \
+                or (start > 0 and words[start - 1] in ("a", "an")):
+            start -= 1
+            if words[start] in ("a", "an"):
+                break
+        rest = words[:start] + words[end + 1:]
+        rest = [w for j, w in enumerate(rest) if not (w == "and" and (j == 0 or j == len(rest) - 1 or rest[j - 1] == "and"))]
+        phrase = " ".join(w for w in words[start:end + 1] if w not in ("a", "an"))
+        tpl = TEMPLATES["remove"][int(rng.integers(len(TEMPLATES["remove"])))]
+        out["remove"] = Candidate(row, "remove", phrase, "", " ".join(rest), tpl.format(obj=words[end]))
+    # add an object phrase before 'on a ... background' (or at the end)
+    obj = vocab["object"][int(rng.integers(len(vocab["object"])))] if vocab["object"] else None
+    if obj is not None and obj not in words and vocab["colour"]:
+        colour = vocab["colour"][int(rng.integers(len(vocab["colour"])))]
+        phrase = f"{colour} {obj}"
+        cut = words.index("on") if "on" in words else len(words)
+        edited = words[:cut] + ["and", *_article(phrase).split()] + words[cut:]
+        tpl = TEMPLATES["add"][int(rng.integers(len(TEMPLATES["add"])))]
+        out["add"] = Candidate(row, "add", "", phrase, " ".join(edited), tpl.format(a_obj=_article(phrase)))
+    picked = list(out.values())
+    rng.shuffle(picked)
+    return picked[:per_caption]
+
+
+@dataclass
+class SynthReport:
+    triplets: list[Triplet]
+    counts: Counter  # kept, by edit type
+    rejected: Counter  # by reason
+
+
+def template_triplets(ids: Sequence[str], captions: Sequence[str],
+                      embed: Callable[[list[str]], np.ndarray] | None, *, max_triplets: int, seed: int = 0,
+                      min_similarity: float = 0.9, per_caption: int = 3,
+                      progress: Callable[[int], None] | None = None) -> SynthReport:
+    """The caption-template recipe. `embed` maps texts to L2-normalised rows (None: exact only)."""
+    rng = np.random.default_rng(seed)
+    norm = [normalise(c) for c in captions]
+    exact: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(norm):
+        exact[c].append(i)
+    rejected: Counter = Counter()
+    cands: list[Candidate] = []
+    vocab = corpus_vocab(norm)
+    for row, cap in enumerate(captions):
+        got = propose_edits(row, cap, rng, per_caption, vocab)
+        if not got:
+            rejected["no editable span"] += 1
+        cands.extend(got)
+    corpus = embed(list(norm)) if embed is not None else None
+    pending = [c for c in cands if not exact.get(c.edited)]
+    sims: dict[int, tuple[int, float]] = {}
+    if corpus is not None and pending:
+        for s in range(0, len(pending), 1024):
+            chunk = pending[s:s + 1024]
+            q = embed([c.edited for c in chunk])
+            scores = q @ corpus.T  # (chunk, N)
+            top = min(8, scores.shape[1])
+            best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+            order = np.take_along_axis(scores, best, axis=1).argsort(axis=1)[:, ::-1]
+            best = np.take_along_axis(best, order, axis=1)  # the 8 nearest, nearest first
+            for j, c in enumerate(chunk):
+                sims[id(c)] = next(((int(b), float(scores[j, b])) for b in best[j] if _accepts(c, norm[b])),
+                                   (-1, float(scores[j, best[j, 0]])))
+            if progress:
+                progress(len(chunk))
+    by_type: dict[str, list[Triplet]] = defaultdict(list)
+    seen: set[tuple[str, str, str]] = set()
+    for c in cands:
+        matches = [m for m in exact.get(c.edited, []) if m != c.ref]
+        if matches:
+            tgt, score = matches[int(rng.integers(len(matches)))], 1.0
+        elif corpus is None:
+            rejected["no exact target"] += 1
+            continue
+        else:
+            tgt, score = sims[id(c)]
+            if tgt < 0:
+                rejected["nearest captions lack the new word or keep the old one"] += 1
+                continue
+            if score < min_similarity:
+                rejected[f"nearest caption below similarity {min_similarity}"] += 1
+                continue
+            if tgt == c.ref:
+                rejected["target is the reference"] += 1
+                continue
+        key = (ids[c.ref], ids[tgt], c.modification)
+        if key in seen:
+            rejected["duplicate"] += 1
+            continue
+        seen.add(key)
+        by_type[c.edit_type].append(Triplet(ids[c.ref], ids[tgt], c.modification, captions[c.ref], captions[tgt],
+                                            c.edit_type, c.old, c.new, round(score, 4), "template"))
+    return _balance(by_type, max_triplets, rng, rejected)
+
+
+def _accepts(c: Candidate, target_norm: str) -> bool:
+    """The target must show the new value and not the old one. Phrases are checked as phrases
+    where a word alone would mislead: 'purple background' (not any purple object), 'green
+    triangle' (not a green star beside a blue triangle)."""
+    padded = f" {target_norm} "
+    words = set(target_norm.split())
+    if c.edit_type == "background":
+        return f" {c.new} background " in padded and f" {c.old} background " not in padded
+    if c.edit_type == "add":
+        return f" {c.new} " in padded
+    if c.edit_type == "remove":
+        return c.old.split()[-1] not in words
+    return all(w in words for w in c.new.split()) and c.old not in words
+
+
+def _balance(by_type: dict[str, list[Triplet]], max_triplets: int, rng: np.random.Generator,
+             rejected: Counter) -> SynthReport:
+    """Round-robin over edit types so that no type dominates; the rest is counted as 'over budget'."""
+    for items in by_type.values():
+        rng.shuffle(items)
+    kept: list[Triplet] = []
+    queues = {k: list(v) for k, v in sorted(by_type.items())}
+    while len(kept) < max_triplets and any(queues.values()):
+        for k in list(queues):
+            if queues[k] and len(kept) < max_triplets:
+                kept.append(queues[k].pop())
+    over = sum(len(v) for v in queues.values())
+    if over:
+        rejected["over --max-triplets after balancing"] += over
+    return SynthReport(kept, Counter(t.edit_type for t in kept), rejected)
+
+
+def scene_triplets(ids: Sequence[str], scenes: Sequence, captions: Sequence[str], *, max_triplets: int,
+                   seed: int = 0, per_scene: int = 6) -> SynthReport:
+    """Exact triplets of the shapes world: the edited scene must exist in the corpus."""
+    from zscir_cli.data import shapes
+
+    rng = np.random.default_rng(seed)
+    by_sig: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(scenes):
+        by_sig[s.signature()].append(i)
+    by_type: dict[str, list[Triplet]] = defaultdict(list)
+    rejected: Counter = Counter()
+    for row, scene in enumerate(scenes):
+        kinds = shapes.possible_edits(scene)
+        rng.shuffle(kinds)
+        for kind in kinds[:per_scene]:
+            edit = shapes.apply_edit(rng, scene, kind)
+            matches = [m for m in by_sig.get(edit.target.signature(), []) if m != row]
+            if not matches:
+                rejected["edited scene not in the corpus"] += 1
+                continue
+            tgt = matches[int(rng.integers(len(matches)))]
+            by_type[kind].append(Triplet(ids[row], ids[tgt], edit.text, captions[row], captions[tgt], kind,
+                                         edit.old, edit.new, 1.0, "scene"))
+    return _balance(by_type, max_triplets, rng, rejected)

@@ -1,0 +1,72 @@
+"""Stage II modules: composing adapters in the text encoder.
+
+A bottleneck adapter after a text block: h + W_up(GELU(W_down(LN(h)))). W_up starts at zero,
+so a fresh set of adapters leaves the Stage I encoder exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zscir_cli.core.errors import UserError
+
+WEIGHTS = "adapters.safetensors"
+CONFIG = "adapters.json"
+
+
+@dataclass
+class AdapterConfig:
+    width: int  # text token width W
+    depth: int  # blocks in the text tower
+    dim: int = 64  # bottleneck width
+    layers: list[int] = field(default_factory=list)  # 1-based blocks followed by an adapter
+
+
+class Adapter(nn.Module):
+    def __init__(self, width: int, dim: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.down = nn.Linear(width, dim)
+        self.act = nn.GELU()
+        self.up = nn.Linear(dim, width)
+        nn.init.zeros_(self.up.weight)  # start as the identity
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, L, W) -> (B, L, W)
+        return h + self.up(self.act(self.down(self.ln(h))))
+
+
+class ComposingAdapters(nn.Module):
+    def __init__(self, cfg: AdapterConfig):
+        super().__init__()
+        layers = cfg.layers or list(range(1, cfg.depth + 1))
+        bad = [i for i in layers if not 1 <= i <= cfg.depth]
+        if bad:
+            raise UserError(f"--adapter-layers {','.join(map(str, bad))} outside the text encoder's depth "
+                            f"(blocks 1..{cfg.depth}).", f"Choose layers between 1 and {cfg.depth}.")
+        self.cfg = AdapterConfig(cfg.width, cfg.depth, cfg.dim, layers)
+        self.blocks = nn.ModuleDict({str(i): Adapter(cfg.width, cfg.dim) for i in layers})
+
+    def hooks(self) -> dict[int, list]:
+        return {int(i): [lambda x, _tok, _mask, a=a: a(x)] for i, a in self.blocks.items()}
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS))
+        (folder / CONFIG).write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+
+    @staticmethod
+    def load(folder: Path, device: torch.device | str = "cpu") -> ComposingAdapters:
+        from safetensors.torch import load_file
+
+        from zscir_cli.model.mapping import load_strict
+
+        adapters = ComposingAdapters(AdapterConfig(**json.loads((Path(folder) / CONFIG).read_text())))
+        load_strict(adapters, load_file(str(Path(folder) / WEIGHTS)), Path(folder) / WEIGHTS)
+        return adapters.to(device).eval()
