@@ -9,7 +9,7 @@ import typer
 
 from zscir_cli import __version__
 from zscir_cli.cli import (cache, compose_train, demo, evaluate, index, map_train, models, prepare, pretrain,
-                           query, synth)
+                           query, submit, synth)
 from zscir_cli.cli.console import debug_enabled, error, setup_logging
 from zscir_cli.core.errors import EXIT_USER_ERROR, UserError
 
@@ -32,8 +32,10 @@ app.command("compose-train", help="Stage II: composing adapters trained on synth
                                    "negative mining.")(compose_train.compose_train)
 app.command(help="Embed a gallery (a folder or a prepared data set) into a faiss index.")(index.index)
 app.command(help="Rank an index for a reference image plus a modification text.")(query.query)
-app.command("eval", help="Evaluate methods on a benchmark split (shapes), following its protocol.")(
+app.command("eval", help="Evaluate methods on a benchmark split (shapes, FashionIQ, CIRR, CIRCO).")(
     evaluate.evaluate)
+app.command(help="Write test-server prediction files (CIRR, CIRCO), validated.")(submit.submit)
+app.command(help="Score prediction files offline against a split with ground truth.")(submit.score)
 app.command(help="Prepare, pretrain, index, query and evaluate on the shapes world, offline.")(demo.demo)
 app.command(help="List the architectures --model accepts.")(models.models)
 app.add_typer(cache.app, name="cache")

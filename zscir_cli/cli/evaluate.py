@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -12,13 +13,16 @@ from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
 
 
 def evaluate(
-    dataset: Annotated[str, typer.Argument(help="Benchmark: shapes.")],
-    split: Annotated[str, typer.Option(help="val or test.")] = "test",
+    dataset: Annotated[str, typer.Argument(help="Benchmark: shapes, fashioniq, cirr or circo (prepared first).")],
+    split: Annotated[str, typer.Option(help="Split: val (every benchmark), test (shapes).")] = "val",
     method: Annotated[Optional[list[str]], typer.Option(
         "--method", help="Method to evaluate (repeat the option for several) [default: every method with a "
                          "run for the model].", show_default=False)] = None,
     run: Annotated[Optional[str], typer.Option(
         "--run", help="Trained run for the (single) trained method given [default: the newest].",
+        show_default=False)] = None,
+    html: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write a page of the first method's worst queries, with thumbnails.",
         show_default=False)] = None,
     model: Model = None,
     pretrained: Pretrained = None,
@@ -35,22 +39,39 @@ def evaluate(
 
     ctx = make_context(cache_dir, device)
     name = dataset.split(":")[0]
-    if name != "shapes" and find_dataset(ctx, name).manifest.get("name") != "shapes":
+    benchmark = name in ("fashioniq", "cirr", "circo")
+    if not benchmark and name != "shapes" and find_dataset(ctx, name).manifest.get("name") != "shapes":
         raise UserError(f"'{dataset}' is not a composed-retrieval benchmark zscir can evaluate.",
-                        "Evaluate 'shapes' (zscir prepare shapes).")
-    if split not in ("val", "test"):
+                        "Choose shapes, fashioniq, cirr or circo.")
+    if not benchmark and split not in ("val", "test"):
         raise UserError(f"Unknown split '{split}'.", "Use val or test.")
     for m in method or []:
         check_method(m)
     trained = [m for m in method or [] if m in TRAINED]
     if run and len(trained) != 1:
         raise UserError("--run names the run of one trained method.", "Give exactly one of tscir, stage1, pic2word.")
+    if benchmark:
+        from zscir_cli.pipeline.benchmarks import open_split
+
+        open_split(ctx, name, split)  # a missing preparation or split is reported before any model loads
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
     methods = list(method) if method else available_methods(ctx, backbone)
-    res = evaluate_shapes(ctx, backbone, methods, split=split, dataset=name,
-                          runs={trained[0]: run} if run else None)
+    runs = {trained[0]: run} if run else None
+    if benchmark:
+        from zscir_cli.pipeline.benchmarks import evaluate_benchmark
+
+        res = evaluate_benchmark(ctx, backbone, name, split, methods, runs)
+        _worst(res, html, f"{name} {split}")
+        res = {k: v for k, v in res.items() if k not in ("scored", "image")}
+        if json_out:
+            print_json(res)
+            return
+        _print_benchmark(res)
+        return
+    res = evaluate_shapes(ctx, backbone, methods, split=split, dataset=name, runs=runs)
+    _worst(res, html, f"shapes {split}")
     if json_out:
-        print_json({**{k: v for k, v in res.items() if k != "results"},
+        print_json({**{k: v for k, v in res.items() if k not in ("results", "scored", "image")},
                     "results": {r.method: {**r.metrics, "by_edit_R@1": r.by_edit} for r in res["results"]}})
         return
     from rich.table import Table
@@ -64,4 +85,30 @@ def evaluate(
     for r in res["results"]:
         table.add_row(r.method, res["runs"].get(r.method, "-"),
                       *(f"{r.metrics[m]:.1f}" for m in ("R@1", "R@10", "R@50", "mAP@10")))
+    out.print(table)
+
+
+def _worst(res: dict, html: Optional[Path], where: str) -> None:
+    if html is None:
+        return
+    from zscir_cli.pipeline.report import write_worst
+
+    first = next(iter(res["results"])) if isinstance(res["results"], dict) else res["results"][0].method
+    write_worst(html, f"zscir eval {where}: the worst queries of {first} ({res['model']})", res["scored"], res["image"])
+    err.print(f"wrote {html}")
+
+
+def _print_benchmark(res: dict) -> None:
+    from rich.table import Table
+
+    err.print(res["protocol"], highlight=False)
+    out.print(f"{res['dataset']} {res['split']}: {res['queries']} queries ({res['excluded_queries']} excluded for "
+              f"missing images), model {res['model']}", highlight=False)
+    keys = list(next(iter(res["results"].values())))
+    table = Table()
+    table.add_column("method")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for m, metrics in res["results"].items():
+        table.add_row(m, *(f"{metrics[k]:.2f}" for k in keys))
     out.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -10,7 +11,8 @@ from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
 
-app = typer.Typer(help="Prepare data sets: the embedded shapes world, image folders.", no_args_is_help=True)
+app = typer.Typer(help="Prepare data sets: the shapes world, image folders, FashionIQ, CIRR, CIRCO.",
+                  no_args_is_help=True)
 
 
 @app.command("shapes")
@@ -68,3 +70,40 @@ def imagefolder_cmd(
         err.print("no captions: map-train will run without soft text alignment")
     err.print(("prepared" if built else "already prepared") + f" {m['name']}: use it with --data {m['name']}")
     typer.echo(f"images\t{info['images']}\ncaptioned\t{info['captioned']}")
+
+
+BenchRoot = Annotated[Optional[Path], typer.Argument(help="The data set's folder, in its public layout "
+                                                          "[default: $ZSCIR_DATA/<name>].", show_default=False)]
+SkipMissing = Annotated[bool, typer.Option("--skip-missing", help="Go on without missing images: the queries "
+                                           "that need them are excluded and counted.")]
+
+
+def _benchmark_command(name: str, title: str):
+    def command(
+        root: BenchRoot = None,
+        skip_missing: SkipMissing = False,
+        force: Force = False,
+        json_out: Json = False,
+        cache_dir: CacheDir = None,
+    ) -> None:
+        from zscir_cli.pipeline.benchmarks import default_root, prepare_benchmark
+
+        ctx = make_context(cache_dir)
+        art, built = prepare_benchmark(ctx, name, root or default_root(name), skip_missing=skip_missing, force=force)
+        m = art.manifest
+        if json_out:
+            print_json({"key": art.key, "built": built, "missing_images": m["missing_images"], **m["counts"]})
+            return
+        if m["missing_images"]:
+            err.print(f"[yellow]{m['missing_images']} image(s) missing[/], e.g. {', '.join(m['missing_examples'][:5])}")
+        err.print(("prepared" if built else "already prepared") + f" {name} from {m['root']}")
+        for split, c in m["counts"].items():
+            gallery = ", ".join(f"{g or 'gallery'} {n}" for g, n in c["gallery"].items())
+            typer.echo(f"{split}\tqueries {c['queries']}\texcluded {c['excluded_queries']}\t{gallery}")
+
+    command.__doc__ = f"Validate and record {title} (annotations and images in the public layout)."
+    return command
+
+
+for _name, _title in (("fashioniq", "FashionIQ"), ("cirr", "CIRR"), ("circo", "CIRCO")):
+    app.command(_name)(_benchmark_command(_name, _title))

@@ -22,6 +22,7 @@ from zscir_cli.pipeline.datasets import find_dataset, load_split, resolve_galler
 from zscir_cli.pipeline.indexing import build_index
 from zscir_cli.pipeline.features import cached_features
 from zscir_cli.pipeline.methods import load_method
+from zscir_cli.pipeline.report import Scored
 
 RANK_DEPTH = 50
 PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground truth = gallery scenes "
@@ -51,6 +52,7 @@ def evaluate_shapes(ctx: Context, backbone: Backbone, methods: list[str], split:
     edits = list(queries["edit_type"])
     ref_feats = np.asarray(features, dtype=np.float32)[ref_rows]
     results = []
+    scored: list[Scored] = []
     run_ids: dict[str, str] = {}
     ref_tokens = None
     for name in methods:
@@ -75,8 +77,12 @@ def evaluate_shapes(ctx: Context, backbone: Backbone, methods: list[str], split:
         by_edit = {e: recall_at_k(ranked[rows], [positives[i] for i in rows], 1)
                    for e, rows in sorted(groups.items())}
         results.append(MethodResult(name, metrics, by_edit))
+        if len(results) == 1:  # the first method's outcome per query, for the worst-queries page
+            scored = [Scored(qid, queries["reference_id"][i], texts[i], [ids[r] for r in ranked[i] if r >= 0],
+                             set(queries["ground_truth"][i])) for i, qid in enumerate(queries["query_id"])]
     return {"dataset": dataset, "dataset_key": art.key, "split": split, "protocol": PROTOCOL,
             "queries": len(texts), "gallery": len(ids), "model": backbone.spec.label(),
             "index": index.key, "runs": run_ids,
             "prompt": "a photo of $ that {modification} (pic2word, stage1); the text alone (text, sum)",
-            "results": results}
+            "results": results, "scored": scored,
+            "image": lambda item: gallery.image(row_of[item])}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from zscir_cli.pipeline.datasets import gallery_from_source
 from zscir_cli.pipeline.indexing import find_index
 from zscir_cli.pipeline.features import encode_images_with_tokens
 from zscir_cli.pipeline.methods import QueryMethod
+from zscir_cli.pipeline.report import figure, write_page
 
 
 @dataclass
@@ -103,39 +102,21 @@ def spec_of_index(index: Artifact) -> ModelSpec:
 
 # -- HTML ----------------------------------------------------------------------------------------
 
-def _data_uri(img, size: int = 160) -> str:
-    img = img.copy()
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def write_html(results: list[QueryResult], path: Path, title: str = "zscir results") -> None:
     """One self-contained page: each query's reference, text and top-k thumbnails."""
-    esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:1em}figure{display:inline-block;"
-             "margin:4px;text-align:center;font-size:11px}img{display:block;image-rendering:"
-             "pixelated;width:128px;height:128px;object-fit:contain;background:#eee}"
-             ".ref img{outline:3px solid #37c}section{margin-bottom:1.5em}</style></head><body>",
-             f"<h1>{esc(title)}</h1>"]
+    body = []
     for res in results:
-        parts.append(f"<section><h2>{esc(res.text)}</h2><p>method <b>{esc(res.method)}</b>, "
-                     f"model {esc(res.model)}, index {esc(res.index.key)}</p>")
+        parts = [f"<section><h2>{html.escape(res.text)}</h2><p>method <b>{html.escape(res.method)}</b>, "
+                 f"model {html.escape(res.model)}, index {html.escape(res.index.key)}</p>"]
         if res.reference_image is not None:
-            parts.append(f"<figure class='ref'><img src='{_data_uri(res.reference_image)}'>"
-                         f"reference<br>{esc(Path(res.reference).name)}</figure>")
+            parts.append(figure(res.reference_image, f"reference {Path(res.reference).name}", "ref"))
         for hit in res.hits:
-            img = ""
+            img = None
             if res.gallery is not None and hit.id in res.gallery.ids:
                 try:
-                    img = f"<img src='{_data_uri(res.gallery.image(res.gallery.ids.index(hit.id)))}'>"
+                    img = res.gallery.image(res.gallery.ids.index(hit.id))
                 except Exception:  # noqa: BLE001 - a vanished file only loses its thumbnail
-                    img = ""
-            parts.append(f"<figure>{img}#{hit.rank} {esc(hit.id)}<br>{hit.score:.3f}</figure>")
-        parts.append("</section>")
-    parts.append("</body></html>\n")
-    tmp = path.with_name(f".{path.name}.incomplete")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    tmp.replace(path)
+                    img = None
+            parts.append(figure(img, f"#{hit.rank} {hit.id} {hit.score:.3f}"))
+        body.append("".join(parts) + "</section>")
+    write_page(path, title, body)

@@ -1,0 +1,171 @@
+"""FashionIQ, CIRR and CIRCO: reading the public layouts into one query/gallery form.
+
+Each loader validates the tree (naming every missing annotation file), and returns a
+`BenchSplit`: queries with their reference, texts and ground truth (empty on test splits), the
+galleries (FashionIQ has one per category), and where each image lives. Missing image files are
+listed, never silently dropped: `prepare` decides what to do with them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zscir_cli.core.errors import UserError
+
+FIQ_CATEGORIES = ("dress", "shirt", "toptee")
+SPLITS = {"fashioniq": ("val", "test"), "cirr": ("val", "test1"), "circo": ("val", "test")}
+SOURCES = {
+    "fashioniq": "https://github.com/XiaoxiaoGuo/fashion-iq (annotations; images from the ASIN lists)",
+    "cirr": "https://github.com/Cuberick-Orion/CIRR (annotations; NLVR2 images via the form linked there)",
+    "circo": "https://github.com/miccunifi/CIRCO (annotations; COCO 2017 unlabeled images)",
+}
+LAYOUTS = {
+    "fashioniq": """ROOT/
+  captions/cap.{dress,shirt,toptee}.{val,test}.json
+  image_splits/split.{dress,shirt,toptee}.{val,test}.json
+  images/<ASIN>.jpg   (or .png)""",
+    "cirr": """ROOT/
+  dev/*.png   test1/*.png
+  cirr/captions/cap.rc2.{val,test1}.json
+  cirr/image_splits/split.rc2.{val,test1}.json""",
+    "circo": """ROOT/
+  annotations/{val,test}.json
+  COCO2017_unlabeled/annotations/image_info_unlabeled2017.json
+  COCO2017_unlabeled/unlabeled2017/<12-digit id>.jpg""",
+}
+
+
+@dataclass
+class BenchQuery:
+    qid: str  # pairid (CIRR), id (CIRCO), '<category>-<index>' (FashionIQ)
+    reference: str  # image id
+    texts: list[str]  # FashionIQ: the two captions, in file order; else one
+    targets: list[str] = field(default_factory=list)  # ground truth ids ([] on test splits)
+    target: str | None = None  # the designated target
+    group: str = ""  # FashionIQ category
+    subset: list[str] = field(default_factory=list)  # CIRR img_set members
+    aspects: list[str] = field(default_factory=list)  # CIRCO semantic aspects
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchSplit:
+    name: str
+    split: str
+    queries: list[BenchQuery]
+    galleries: dict[str, list[str]]  # group -> image ids ('' for the one gallery)
+    images: dict[str, Path]  # image id -> file
+    missing: list[str]  # ids of referenced images whose file does not exist
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return bool(self.queries) and all(q.targets for q in self.queries)
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}).",
+                        "Download that annotation file again.") from e
+
+
+def _require(root: Path, name: str, rels: list[str]) -> None:
+    if not root.is_dir():
+        raise UserError(f"{name} not found at {root}. Get it from {SOURCES[name]}; the expected tree is:\n"
+                        f"{LAYOUTS[name]}", f"Then run 'zscir prepare {name} ROOT' (or set ZSCIR_DATA).")
+    missing = [r for r in rels if not (root / r).is_file()]
+    if missing:
+        raise UserError(f"{name} at {root} lacks {len(missing)} annotation file(s): " + ", ".join(missing[:10])
+                        + f". Expected tree:\n{LAYOUTS[name]}", "Add the missing files from " + SOURCES[name] + ".")
+
+
+def _check_split(name: str, split: str) -> None:
+    if split not in SPLITS[name]:
+        raise UserError(f"{name} has no split '{split}'.", f"Choose one of: {', '.join(SPLITS[name])}.")
+
+
+def _clean_caption(c: str) -> str:
+    return c.strip(".?, ")
+
+
+def load_fashioniq(root: Path, split: str) -> BenchSplit:
+    _check_split("fashioniq", split)
+    root = Path(root)
+    rels = [f"captions/cap.{c}.{split}.json" for c in FIQ_CATEGORIES] + \
+           [f"image_splits/split.{c}.{split}.json" for c in FIQ_CATEGORIES]
+    _require(root, "fashioniq", rels)
+    queries, galleries, names = [], {}, set()
+    for cat in FIQ_CATEGORIES:
+        galleries[cat] = list(_json(root / f"image_splits/split.{cat}.{split}.json"))
+        names.update(galleries[cat])
+        for i, row in enumerate(_json(root / f"captions/cap.{cat}.{split}.json")):
+            caps = [_clean_caption(c) for c in row.get("captions", [])]
+            if len(caps) != 2:
+                raise UserError(f"captions/cap.{cat}.{split}.json entry {i}: expected 2 captions, got {len(caps)}.",
+                                "The file is damaged; download it again.")
+            tgt = row.get("target")
+            queries.append(BenchQuery(f"{cat}-{i}", row["candidate"], caps, [tgt] if tgt else [], tgt, cat))
+            names.add(row["candidate"])
+            if tgt:
+                names.add(tgt)
+    images, missing = {}, []
+    for n in sorted(names):
+        for ext in (".jpg", ".png"):  # mirrors ship either
+            p = root / "images" / f"{n}{ext}"
+            if p.is_file():
+                images[n] = p
+                break
+        else:
+            missing.append(n)
+            images[n] = root / "images" / f"{n}.jpg"
+    return BenchSplit("fashioniq", split, queries, galleries, images, missing)
+
+
+def load_cirr(root: Path, split: str) -> BenchSplit:
+    _check_split("cirr", split)
+    root = Path(root)
+    _require(root, "cirr", [f"cirr/captions/cap.rc2.{split}.json", f"cirr/image_splits/split.rc2.{split}.json"])
+    name_to_rel = _json(root / f"cirr/image_splits/split.rc2.{split}.json")
+    images = {n: (root / rel).resolve() for n, rel in name_to_rel.items()}
+    queries = []
+    for row in _json(root / f"cirr/captions/cap.rc2.{split}.json"):
+        tgt = row.get("target_hard")
+        queries.append(BenchQuery(str(row["pairid"]), row["reference"], [row["caption"]], [tgt] if tgt else [],
+                                  tgt, "", list(row.get("img_set", {}).get("members", []))))
+    unknown = sorted({n for q in queries for n in [q.reference, *q.targets, *q.subset] if n not in images})
+    if unknown:
+        raise UserError(f"cap.rc2.{split}.json names {len(unknown)} image(s) absent from split.rc2.{split}.json, "
+                        f"e.g. {unknown[0]}.", "The annotation files are from different releases; use rc2 for both.")
+    missing = sorted(n for n, p in images.items() if not p.is_file())
+    return BenchSplit("cirr", split, queries, {"": sorted(images)}, images, missing)
+
+
+def load_circo(root: Path, split: str) -> BenchSplit:
+    _check_split("circo", split)
+    root = Path(root)
+    info_rel = "COCO2017_unlabeled/annotations/image_info_unlabeled2017.json"
+    _require(root, "circo", [f"annotations/{split}.json", info_rel])
+    info = _json(root / info_rel)
+    folder = root / "COCO2017_unlabeled" / "unlabeled2017"
+    images = {str(im["id"]): folder / im["file_name"] for im in info["images"]}
+    queries = []
+    for row in _json(root / f"annotations/{split}.json"):
+        gts = [str(g) for g in row.get("gt_img_ids", [])]
+        tgt = row.get("target_img_id")
+        queries.append(BenchQuery(str(row["id"]), str(row["reference_img_id"]), [row["relative_caption"]], gts,
+                                  str(tgt) if tgt is not None else None, aspects=list(row.get("semantic_aspects", []))))
+    unknown = sorted({n for q in queries for n in [q.reference, *q.targets] if n not in images})
+    if unknown:
+        raise UserError(f"annotations/{split}.json names {len(unknown)} image id(s) absent from {info_rel}, "
+                        f"e.g. {unknown[0]}.", "Use the image_info file of COCO 2017 unlabeled.")
+    missing = sorted(n for n, p in images.items() if not p.is_file())
+    return BenchSplit("circo", split, queries, {"": sorted(images, key=int)}, images, missing)
+
+
+LOADERS = {"fashioniq": load_fashioniq, "cirr": load_cirr, "circo": load_circo}
