@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import benchfixtures
 import pytest
 
-import benchfixtures
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.data.benchmarks import BenchQuery
 from zscir_cli.pipeline.benchmarks import PreparedSplit, Rankings, metrics_for, open_split

@@ -49,3 +49,12 @@ def test_prepare_and_pretrain_commands(cli, tmp_path):
     assert code == 2 and "Unknown model 'zscir-shapes-nope'" in err and "zscir-shapes-rn" in err
     code, _, err = cli("pretrain", "--data", "fashion", "--cache-dir", cache)
     assert code == 2 and "No prepared data set 'fashion'" in err
+
+
+def test_demo_seed_reaches_every_stage():
+    from zscir_cli.pipeline.demo import DemoConfig
+
+    cfg = DemoConfig().with_seed(7)
+    assert {cfg.world.seed, cfg.pretrain.seed, cfg.stage1.seed, cfg.stage2.seed} == {7}
+    quick = DemoConfig.quick(3)
+    assert {quick.world.seed, quick.pretrain.seed, quick.stage1.seed, quick.stage2.seed} == {3}

@@ -146,3 +146,27 @@ def test_compose_train_bad_input(cli, cache, tmp_path):
     assert code == 2 and "exactly one of --data and --captions" in err
 
 
+
+
+def test_compose_train_resume_equals_uninterrupted(cli, cache, tmp_path):
+    from safetensors.torch import load_file
+
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.pipeline.context import Context
+    from zscir_cli.pipeline.stage2 import Stage2Config, compose_train
+
+    trip = tmp_path / "t.jsonl"
+    assert cli("synth", "--data", "shapes", "--mode", "scene", "--out", trip, "--max-triplets", "96",
+               "--cache-dir", cache)[0] == 0
+    other = tmp_path / "other"
+    shutil.copytree(cache, other)
+    spec = ModelSpec("zscir-tiny-vit", "none")
+    cfg = Stage2Config(triplets=str(trip), epochs=3, batch_size=32, lr=1e-3, hard_negatives=3, seed=5)
+    full = compose_train(Context(store=ArtifactStore(cache), workers=0), spec, cfg)
+    ctx = Context(store=ArtifactStore(other), workers=0)
+    assert compose_train(ctx, spec, cfg, stop_after_epoch=1) is None
+    resumed = compose_train(ctx, spec, cfg, resume=True)
+    a = load_file(str(full.path / "adapters.safetensors"))
+    b = load_file(str(resumed.path / "adapters.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if k.endswith("up.weight"))  # it did learn

@@ -8,8 +8,20 @@ import traceback
 import typer
 
 from zscir_cli import __version__
-from zscir_cli.cli import (cache, compose_train, demo, evaluate, index, map_train, models, prepare, pretrain,
-                           query, submit, synth)
+from zscir_cli.cli import (
+    cache,
+    compose_train,
+    demo,
+    evaluate,
+    index,
+    map_train,
+    models,
+    prepare,
+    pretrain,
+    query,
+    submit,
+    synth,
+)
 from zscir_cli.cli.console import debug_enabled, error, setup_logging
 from zscir_cli.core.errors import EXIT_USER_ERROR, UserError
 
@@ -72,7 +84,7 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         error(str(e))
         return EXIT_USER_ERROR
-    except Exception as e:  # noqa: BLE001 - a bug: say so, show the traceback on request
+    except Exception as e:
         if debug_enabled():
             traceback.print_exc()
         error(f"{type(e).__name__}: {e}. This is a bug in zscir; run again with ZSCIR_DEBUG=1 "

@@ -33,8 +33,7 @@ def demo(
     ctx = make_context(cache_dir, device)
     cfg = DemoConfig.quick(seed) if quick else DemoConfig()
     if not quick:
-        cfg.world = replace(cfg.world, seed=seed)
-        cfg.pretrain = replace(cfg.pretrain, seed=seed)
+        cfg = cfg.with_seed(seed)
     if steps is not None:
         cfg.pretrain = replace(cfg.pretrain, steps=steps)
     cfg.html = html

@@ -34,8 +34,13 @@ def query(
     """Find the gallery images that show REFERENCE changed as TEXT says."""
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
     from zscir_cli.pipeline.methods import check_method, load_method
-    from zscir_cli.pipeline.query import (check_query_text, resolve_query_index, run_query, spec_of_index,
-                                          write_html)
+    from zscir_cli.pipeline.query import (
+        check_query_text,
+        resolve_query_index,
+        run_query,
+        spec_of_index,
+        write_html,
+    )
 
     check_method(method)
     check_query_text(text, method)

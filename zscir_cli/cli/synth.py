@@ -33,7 +33,12 @@ def synth(
 ) -> None:
     """Write (reference, modification, target) triplets by template edits, without a language model."""
     from zscir_cli.core.errors import UserError
-    from zscir_cli.pipeline.synth import corpus_from_dataset, corpus_from_file, synthesise, write_triplets
+    from zscir_cli.pipeline.synth import (
+        corpus_from_dataset,
+        corpus_from_file,
+        synthesise,
+        write_triplets,
+    )
 
     ctx = make_context(cache_dir, device)
     if (data is None) == (captions is None):

@@ -18,7 +18,7 @@ log = logging.getLogger("zscir")
 class Task:
     """One progress bar: `advance` it, optionally with fields such as loss=0.31."""
 
-    def advance(self, n: int = 1, **fields: Any) -> None:  # noqa: D102 - trivial
+    def advance(self, n: int = 1, **fields: Any) -> None:
         pass
 
     def close(self) -> None:

@@ -243,7 +243,7 @@ def apply_edit(rng: np.random.Generator, scene: Scene, edit_type: str) -> Edit:
         old = scene.background
         choices = [b for b in BACKGROUNDS if b != old]
         new = _pick(rng, choices)
-        make = lambda v: Scene(v, scene.objects)  # noqa: E731
+        make = lambda v: Scene(v, scene.objects)
         text = template.format(new=new, old=old, a_new=with_article(new))
         return Edit(edit_type, old, new, text, make(new), [make(v) for v in choices if v != new])
     if edit_type == "add":
@@ -252,7 +252,7 @@ def apply_edit(rng: np.random.Generator, scene: Scene, edit_type: str) -> Edit:
         text = template.format(a_obj=with_article(obj.phrase()))
         wrong_colour = [Obj(c, obj.shape, obj.size, obj.cell) for c in COLOURS
                         if c != obj.colour and (c, obj.shape) not in taken]
-        mk = lambda o: Scene(scene.background, tuple(objs + [o])).sorted()  # noqa: E731
+        mk = lambda o: Scene(scene.background, tuple(objs + [o])).sorted()
         return Edit(edit_type, "", obj.phrase(), text, mk(obj), [mk(o) for o in wrong_colour[:2]])
     i = int(rng.integers(len(objs)))
     obj = objs[i]

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from zscir_cli.core.device import resolve_device
 from zscir_cli.core.errors import UserError
-from zscir_cli.model.backbone import (DEFAULT_MODEL, DEFAULT_PRETRAINED, Backbone, ModelSpec,
-                                      check_spec, load_backbone)
+from zscir_cli.model.backbone import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    Backbone,
+    ModelSpec,
+    check_spec,
+    load_backbone,
+)
 from zscir_cli.pipeline.context import Context
 
 LATEST = "latest"

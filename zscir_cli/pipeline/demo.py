@@ -20,7 +20,6 @@ from zscir_cli.pipeline.stage1 import Stage1Config, map_train
 from zscir_cli.pipeline.stage2 import Stage2Config, compose_train
 from zscir_cli.pipeline.synth import corpus_from_dataset, synthesise, write_triplets
 
-
 # Stage I on the shapes lab: a small text tower and 10k pairs learn faster with a larger step
 # than the paper's 1e-4 for ViT-L-14 (see the README's results).
 DEMO_STAGE1 = {"epochs": 10, "batch_size": 256, "lr": 1e-3}
@@ -41,6 +40,11 @@ class DemoConfig:
     examples: int = 4  # example queries shown and written to the HTML page
     top_k: int = 5  # results per example
     html: Path | None = Path("zscir-demo.html")
+
+    def with_seed(self, seed: int) -> DemoConfig:
+        """One seed for every stage: the world, the base CLIP, Stage I and Stage II."""
+        return replace(self, world=replace(self.world, seed=seed), pretrain=replace(self.pretrain, seed=seed),
+                       stage1=replace(self.stage1, seed=seed), stage2=replace(self.stage2, seed=seed))
 
     @staticmethod
     def quick(seed: int = 0) -> DemoConfig:

@@ -19,8 +19,8 @@ from zscir_cli.index import search
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split, resolve_gallery
-from zscir_cli.pipeline.indexing import build_index
 from zscir_cli.pipeline.features import cached_features
+from zscir_cli.pipeline.indexing import build_index
 from zscir_cli.pipeline.methods import load_method
 from zscir_cli.pipeline.report import Scored
 

@@ -10,7 +10,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -22,7 +21,7 @@ from zscir_cli.data.images import Gallery
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.model.visual import encode_with_tokens
 from zscir_cli.pipeline.context import Context
-from zscir_cli.pipeline.encode import collate_rows, ImageRows
+from zscir_cli.pipeline.encode import ImageRows, collate_rows
 from zscir_cli.pipeline.indexing import gallery_identity
 
 KIND = "features"

@@ -22,8 +22,8 @@ import torch
 
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
-from zscir_cli.model.backbone import Backbone
 from zscir_cli.model.adapters import ComposingAdapters
+from zscir_cli.model.backbone import Backbone
 from zscir_cli.model.mapping import COMPOSE_PROMPT, Mapper
 from zscir_cli.model.text import TextEncoder
 from zscir_cli.pipeline.context import Context

@@ -27,8 +27,14 @@ from zscir_cli.core.cache import Artifact, identity
 from zscir_cli.core.device import autocast, resolve_device, seed_everything
 from zscir_cli.data import shapes
 from zscir_cli.data.images import DatasetGallery
-from zscir_cli.model.backbone import (Backbone, ModelSpec, check_spec, load_backbone, model_config,
-                                      register_configs)
+from zscir_cli.model.backbone import (
+    Backbone,
+    ModelSpec,
+    check_spec,
+    load_backbone,
+    model_config,
+    register_configs,
+)
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
 from zscir_cli.pipeline.encode import encode_gallery

@@ -13,11 +13,11 @@ from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import Gallery, open_image_arg
 from zscir_cli.index import search
-from zscir_cli.model.backbone import Backbone, ModelSpec, spec_from_identity
+from zscir_cli.model.backbone import ModelSpec, spec_from_identity
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import gallery_from_source
-from zscir_cli.pipeline.indexing import find_index
 from zscir_cli.pipeline.features import encode_images_with_tokens
+from zscir_cli.pipeline.indexing import find_index
 from zscir_cli.pipeline.methods import QueryMethod
 from zscir_cli.pipeline.report import figure, write_page
 
@@ -115,7 +115,7 @@ def write_html(results: list[QueryResult], path: Path, title: str = "zscir resul
             if res.gallery is not None and hit.id in res.gallery.ids:
                 try:
                     img = res.gallery.image(res.gallery.ids.index(hit.id))
-                except Exception:  # noqa: BLE001 - a vanished file only loses its thumbnail
+                except Exception:
                     img = None
             parts.append(figure(img, f"#{hit.rank} {hit.id} {hit.score:.3f}"))
         body.append("".join(parts) + "</section>")

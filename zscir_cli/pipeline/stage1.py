@@ -21,7 +21,14 @@ from zscir_cli.model.text import TextEncoder, placeholder_token_id
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
 from zscir_cli.pipeline.features import FeatureSet, cached_features
-from zscir_cli.pipeline.training import TrainSpec, device_for, find_run, gather, init_distributed, train
+from zscir_cli.pipeline.training import (
+    TrainSpec,
+    device_for,
+    find_run,
+    gather,
+    init_distributed,
+    train,
+)
 
 KIND = "stage1"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-
 import numpy as np
 import torch
 from torch import nn
@@ -28,7 +27,14 @@ from zscir_cli.pipeline.datasets import load_split
 from zscir_cli.pipeline.features import FeatureSet, cached_features
 from zscir_cli.pipeline.stage1 import find_stage1
 from zscir_cli.pipeline.synth import read_triplets
-from zscir_cli.pipeline.training import TrainSpec, device_for, find_run, gather, init_distributed, train
+from zscir_cli.pipeline.training import (
+    TrainSpec,
+    device_for,
+    find_run,
+    gather,
+    init_distributed,
+    train,
+)
 
 KIND = "stage2"
 
