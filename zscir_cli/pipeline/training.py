@@ -243,9 +243,9 @@ def train(ctx: Context, spec: TrainSpec, module: nn.Module, *, device: torch.dev
             if d.main:
                 state_dict = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
                               if k in _trainable_names(module)}
-                _save_atomic(lambda p: save_file(state_dict, str(p)), partial.path / WEIGHTS)
-                _save_atomic(lambda p: torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                                                   "epoch": epoch + 1}, p), partial.path / STATE)
+                state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1}
+                _save_atomic(lambda p, sd=state_dict: save_file(sd, str(p)), partial.path / WEIGHTS)
+                _save_atomic(lambda p, st=state: torch.save(st, p), partial.path / STATE)
                 with open(partial.path / METRICS, "a") as f:
                     f.write(json.dumps(record) + "\n")
             d.barrier()
