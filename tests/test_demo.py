@@ -28,6 +28,7 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     for metrics in res["evaluation"]["results"].values():
         assert 0 <= metrics["R@1"] <= metrics["R@10"] <= metrics["R@50"] <= 100
     ev = res["evaluation"]
+    assert "scored" not in ev and "image" not in ev  # per-query details stay out of the summary
     assert ev["split"] == "test" and ev["queries"] == 12 and "reference removed" in ev["protocol"]
     assert 0 <= res["backbone"]["caption_r1"] <= 100
 

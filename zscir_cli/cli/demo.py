@@ -43,7 +43,7 @@ def demo(
     if json_out:
         print_json({"timings_s": {**{k: round(v, 2) for k, v in res.timings.items()}, "total": round(total, 2)},
                     "backbone": res.backbone_eval, "checkpoint": res.checkpoint, "index": res.index_key,
-                    "evaluation": {**{k: v for k, v in ev.items() if k != "results"},
+                    "evaluation": {**{k: v for k, v in ev.items() if k not in ("results", "scored", "image")},
                                    "results": {r.method: {**r.metrics, "by_edit_R@1": r.by_edit}
                                                for r in ev["results"]}},
                     "html": str(html.resolve())})
