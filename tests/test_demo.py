@@ -9,7 +9,7 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     cache, page = tmp_path / "cache", tmp_path / "demo.html"
     code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", page)
     assert code == 0, err
-    for method in ("image", "text", "sum", "pic2word", "stage1"):
+    for method in ("image", "text", "sum", "pic2word", "stage1", "tscir"):
         assert f"│ {method}" in out
     assert "R@1" in out and "mAP@10" in out and "not of any public benchmark" in out
     assert "base CLIP (24 val images): caption R@1" in out
@@ -17,14 +17,14 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     kinds = sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json"))
     # features: train and val pairs, test gallery (each encoded once); captions of train
     assert kinds == ["backbone", "dataset", "features", "features", "features", "index", "stage1", "stage1",
-                     "text-features"]
+                     "stage2", "text-features", "triplets", "triplets"]
 
     code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", page, "--json")
     assert code == 0, err
     res = json.loads(out)
     assert sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json")) == kinds  # nothing rebuilt
-    assert set(res["evaluation"]["results"]) == {"image", "text", "sum", "pic2word", "stage1"}
-    assert set(res["evaluation"]["runs"]) == {"pic2word", "stage1"}
+    assert set(res["evaluation"]["results"]) == {"image", "text", "sum", "pic2word", "stage1", "tscir"}
+    assert set(res["evaluation"]["runs"]) == {"pic2word", "stage1", "tscir"}
     for metrics in res["evaluation"]["results"].values():
         assert 0 <= metrics["R@1"] <= metrics["R@10"] <= metrics["R@50"] <= 100
     ev = res["evaluation"]
