@@ -15,7 +15,7 @@ from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
 from zscir_cli.model.backbone import ModelSpec, load_backbone
 from zscir_cli.model.mapping import Mapper, MappingConfig
 from zscir_cli.model.text import TextEncoder, placeholder_token_id
-from zscir_cli.pipeline.stage2 import mine_hard_negatives
+from zscir_cli.pipeline.stage2 import caption_ids, likely_false_negatives, mine_hard_negatives
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -55,15 +55,30 @@ def test_mining_never_returns_the_target_nor_its_caption():
     ref, tgt = np.array([0, 7]), np.array([3, 9])
     # query 0 sits on its target, query 1 between its target and image 2
     q = torch.stack([feats[3] + 0.9 * feats[5], feats[9] + feats[2]])
-    out = mine_hard_negatives(q, pool, feats, ref, tgt, captions, k=4)
+    out = mine_hard_negatives(q, pool, feats, ref, tgt, caption_ids(captions), k=4)
     assert out.shape == (2, 4)
     assert not {3, 5, 0} & set(out[0].tolist())
     assert not {9, 7} & set(out[1].tolist()) and out[1][0] == 2
     scores = (q[1] @ feats.T).numpy()
     allowed = [i for i in np.argsort(-scores) if i not in (9, 7)]
     assert out[1].tolist() == allowed[:4]  # the nearest allowed, nearest first
-    tiny = mine_hard_negatives(q[:1], np.array([0, 3, 5]), feats[[0, 3, 5]], ref[:1], tgt[:1], captions, k=3)
+    tiny = mine_hard_negatives(q[:1], np.array([0, 3, 5]), feats[[0, 3, 5]], ref[:1], tgt[:1], caption_ids(captions),
+                               k=3)
     assert tiny.tolist() == [[0, 0, 0]]  # nothing allowed: the reference fills in
+
+
+def test_near_duplicate_captions_are_false_negatives_too():
+    caps = ["a red circle on gray", "a gray background with a red circle", "a blue circle on gray", ""]
+    feats = torch.tensor([[1.0, 0.0], [0.995, 0.0999], [0.6, 0.8], [1.0, 0.0]])  # row 1 ~ row 0; row 3 unknown
+    ids = caption_ids(caps)
+    assert ids[3] != ids[0] and len(set(ids.tolist())) == 4
+    rows, tgt = np.arange(4), np.array([0])
+    exact = likely_false_negatives(ids, None, rows, tgt, 0.98)
+    assert exact.tolist() == [[True, False, False, False]]
+    near = likely_false_negatives(ids, feats, rows, tgt, 0.98)
+    assert near.tolist() == [[True, True, False, True]]  # row 3's caption is unknown but its feature matches
+    off = likely_false_negatives(ids, feats, rows, tgt, 1.5)
+    assert off.tolist() == exact.tolist()
 
 
 @pytest.fixture(scope="module")

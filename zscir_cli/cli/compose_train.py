@@ -24,6 +24,9 @@ def compose_train(
     hard_negatives: Annotated[int, typer.Option(min=0, help="K mined negatives per query, re-mined every epoch.")] = 8,
     no_hard_negatives: Annotated[bool, typer.Option("--no-hard-negatives", help="In-batch negatives only (no "
                                                     "reference, no mined images).")] = False,
+    false_negative_similarity: Annotated[float, typer.Option(
+        help="Also treat as false negatives the images whose caption feature has at least this cosine with the "
+             "target's (besides equal captions); above 1 turns it off.")] = 0.98,
     tune_stage1: Annotated[bool, typer.Option("--tune-stage1", help="Unfreeze the Stage I mapper.")] = False,
     stage1_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the Stage I loss (with --tune-stage1).")] = 0.0,
     stage1: Annotated[Optional[str], typer.Option(help="Stage I run [default: the newest stage1 run of the model].",
@@ -47,6 +50,7 @@ def compose_train(
     cfg = Stage2Config(triplets=str(triplets), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                        adapter_dim=adapter_dim, adapter_layers=_layers(adapter_layers), hard_negatives=hard_negatives,
                        use_hard_negatives=not no_hard_negatives, tune_stage1=tune_stage1,
+                       false_negative_similarity=false_negative_similarity,
                        stage1_weight=stage1_weight, stage1=stage1, skip_bad=skip_bad)
     art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume)
     if _rank() != 0 or art is None:

@@ -39,6 +39,11 @@ class FeatureSet:
     captions: np.ndarray | None  # (N, D) fp16, normalised caption features, or None
 
     @staticmethod
+    def captions_of(ctx: Context, backbone: Backbone, captions: list[str]) -> np.ndarray:
+        """(N, D) fp16 normalised caption features, cached."""
+        return np.load(_caption_features(ctx, backbone, captions).path / "captions.npy", mmap_mode="r")
+
+    @staticmethod
     def open(artifact: Artifact) -> FeatureSet:
         p = artifact.path
         return FeatureSet(artifact, json.loads((p / "ids.json").read_text()),

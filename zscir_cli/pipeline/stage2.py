@@ -54,6 +54,9 @@ class Stage2Config:
     tune_stage1: bool = False  # unfreeze the Stage I mapper
     stage1_weight: float = 0.0  # weight of the Stage I loss, to keep a tuned mapping from drifting
     temperature: float = 0.07
+    # an image is a likely false negative of a query when its caption equals the target's, or
+    # when their caption features have at least this cosine (> 1 turns the second test off)
+    false_negative_similarity: float = 0.98
     stage1: str | None = None  # Stage I run key; None = the newest stage1 run of the backbone
     skip_bad: bool = False  # leave out triplets whose image files are missing
 
@@ -93,24 +96,38 @@ def _rows(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(x[idx], dtype=np.float32)).to(device)
 
 
+def caption_ids(captions: list[str]) -> np.ndarray:
+    """An integer per image row, equal for equal normalised captions; unknown ('') never equal."""
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(c, len(ids)) if c else -1 - i for i, c in enumerate(captions)], dtype=np.int64)
+
+
+def likely_false_negatives(cap_ids: np.ndarray, caption_feats: torch.Tensor | None, rows: np.ndarray,
+                           targets: np.ndarray, threshold: float) -> torch.Tensor:
+    """(len(targets), len(rows)) bool: image rows[c] is a likely false negative for a query whose
+    target is targets[q]: the same image, the same (normalised) caption, or a caption feature
+    within `threshold` cosine of the target's."""
+    out = torch.from_numpy((rows[None, :] == targets[:, None]) | (cap_ids[rows][None, :] == cap_ids[targets][:, None]))
+    if caption_feats is not None and threshold <= 1.0:
+        out |= (caption_feats[targets] @ caption_feats[rows].T) >= threshold  # (Q, C)
+    return out
+
+
 def mine_hard_negatives(queries: torch.Tensor, pool: np.ndarray, pool_feats: torch.Tensor, ref: np.ndarray,
-                        tgt: np.ndarray, captions: list[str], k: int) -> np.ndarray:
+                        tgt: np.ndarray, cap_ids: np.ndarray, k: int, caption_feats: torch.Tensor | None = None,
+                        threshold: float = 2.0) -> np.ndarray:
     """The k pool images nearest to each query, best first, never the query's true target, its
-    reference (already a negative of its own), nor an image whose caption equals the target's
-    (a likely false negative).
+    reference (already a negative of its own), nor a likely false negative (see
+    `likely_false_negatives`).
 
     queries (n, E); pool (P,) image rows with features pool_feats (P, E); ref, tgt (n,) rows;
-    captions: normalised caption of every image row ('' = unknown). Returns (n, k) image rows.
+    cap_ids: `caption_ids` of every image row; caption_feats: (N, E')
+    normalised caption features of every image row, or None. Returns (n, k) image rows.
     """
-    by_caption: dict[str, list[int]] = {}
-    for p, row in enumerate(pool):
-        if captions[row]:
-            by_caption.setdefault(captions[row], []).append(p)
     scores = queries.float() @ pool_feats.T  # (n, P)
-    for j in range(len(tgt)):
-        banned = np.flatnonzero((pool == tgt[j]) | (pool == ref[j]))
-        banned = np.union1d(banned, by_caption.get(captions[tgt[j]], [])).astype(np.int64)
-        scores[j, banned] = -torch.inf
+    banned = likely_false_negatives(cap_ids, caption_feats, pool, tgt, threshold)
+    banned |= torch.from_numpy(pool[None, :] == ref[:, None])
+    scores = scores.masked_fill(banned, -torch.inf)
     kk = min(k, len(pool))
     best = torch.topk(scores, kk, dim=1)
     out = pool[best.indices.numpy()]  # (n, kk)
@@ -150,11 +167,11 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
     else:
         paths = sorted({r[k] for r in trip.rows for k in ("reference", "target")})
         gallery = _Paths(paths)
-        cap = {}
+        cap_raw: dict[str, str] = {}
         for r in trip.rows:
-            cap.setdefault(r["reference"], normalise(r.get("reference_caption", "")))
-            cap.setdefault(r["target"], normalise(r.get("target_caption", "")))
-        captions = [cap[p] for p in paths]
+            cap_raw.setdefault(r["reference"], r.get("reference_caption", ""))
+            cap_raw.setdefault(r["target"], r.get("target_caption", ""))
+        captions = [normalise(cap_raw[p]) for p in paths]
         inputs = []
     feats: FeatureSet
     if d.main:
@@ -171,6 +188,12 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
     ref = np.array([row_of[r["reference"]] for r in trip.rows])
     tgt = np.array([row_of[r["target"]] for r in trip.rows])
     pool = np.unique(np.concatenate([ref, tgt]))  # the triplet set's images: where negatives are mined
+    cap_ids = caption_ids(captions)
+    caption_feats = None
+    if cfg.false_negative_similarity <= 1.0 and all(captions):
+        raw = list(ds["caption"]) if trip.dataset_key is not None else [cap_raw[p] for p in feats.ids]
+        caption_feats = torch.from_numpy(np.asarray(
+            FeatureSet.captions_of(ctx, backbone, raw), dtype=np.float32))
 
     seed_everything(cfg.seed)
     encoder = TextEncoder(backbone.model, mapper.cfg.placeholder_id)
@@ -196,7 +219,8 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
                 idx = np.arange(s, min(len(trip.rows), s + 512))
                 q = model(tokens[idx].to(device), _rows(feats.image, ref[idx], device),
                           _rows(feats.tokens, ref[idx], device) if vis else None).float().cpu()
-                mined[idx] = mine_hard_negatives(q, pool, pool_feats, ref[idx], tgt[idx], captions, k)
+                mined[idx] = mine_hard_negatives(q, pool, pool_feats, ref[idx], tgt[idx], cap_ids, k,
+                                                 caption_feats, cfg.false_negative_similarity)
         model.train(was)
 
     def step_fn(model: nn.Module, local: torch.Tensor, batch: torch.Tensor):
@@ -212,8 +236,9 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
         rows = np.concatenate(cand_rows)  # (C,)
         cands = _rows(feats.image, rows, device)
         logits = q @ cands.T / cfg.temperature  # (B, C)
-        # another query's target, reference or mined image may be this query's target: not a negative
-        same = torch.from_numpy(rows[None, :] == tgt[gi][:, None]).to(device)
+        # another query's target, reference or mined image may show this query's target: not a negative
+        same = likely_false_negatives(cap_ids, caption_feats, rows, tgt[gi], cfg.false_negative_similarity)
+        same = same.to(device)
         same[torch.arange(len(gi)), torch.arange(len(gi))] = False  # the positive itself
         logits = logits.masked_fill(same, float("-inf"))
         labels = torch.arange(len(gi), device=device)
