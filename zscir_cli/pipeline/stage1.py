@@ -167,7 +167,7 @@ def map_train(ctx: Context, spec: ModelSpec, cfg: Stage1Config, *, resume: bool 
     config["model"] = backbone.spec.identity()
     key = ctx.store.key_for(KIND, config, [identity(data), identity(train_feats.artifact)])
     found = ctx.store.get(KIND, key)
-    if found is not None and not resume:
+    if found is not None:  # finished already (with --resume too: nothing is left to do)
         return found
     tspec = TrainSpec(kind=KIND, key=key, config=config, inputs=[identity(data), identity(train_feats.artifact)],
                       seed=cfg.seed, model=backbone.spec.identity(),

@@ -258,7 +258,7 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
     inputs = inputs + [identity(s1), identity(feats.artifact)]
     key = ctx.store.key_for(KIND, config, inputs)
     found = ctx.store.get(KIND, key)
-    if found is not None and not resume:
+    if found is not None:  # finished already (with --resume too: nothing is left to do)
         return found
 
     def finalize(folder: Path) -> None:
