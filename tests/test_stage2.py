@@ -185,3 +185,34 @@ def test_compose_train_resume_equals_uninterrupted(cli, cache, tmp_path):
     b = load_file(str(resumed.path / "adapters.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(a[k].abs().sum() > 0 for k in a if k.endswith("up.weight"))  # it did learn
+
+
+def test_compose_train_ddp_two_processes_match_one(cli, cache, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    trip = tmp_path / "t.jsonl"
+    assert cli("synth", "--data", "shapes", "--mode", "scene", "--out", trip, "--max-triplets", "64",
+               "--cache-dir", cache)[0] == 0
+    single = tmp_path / "single"
+    shutil.copytree(cache, single)
+    args = ["compose-train", "--triplets", str(trip), *TINY, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
+            "--hard-negatives", "2", "--device", "cpu", "--workers", "0", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "zscir_cli", *args, "--cache-dir", str(single)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29519", "-m", "zscir_cli", *args, "--cache-dir", str(cache)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
+    m1 = [json.loads(x)["loss"] for x in (single / "stage2" / r1["run"] / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x)["loss"] for x in (cache / "stage2" / r2["run"] / "metrics.jsonl").read_text().splitlines()]
+    assert m2 == pytest.approx(m1, rel=1e-4)
+    w1 = load_file(str(single / "stage2" / r1["run"] / "adapters.safetensors"))
+    w2 = load_file(str(cache / "stage2" / r2["run"] / "adapters.safetensors"))
+    assert all((w1[k] - w2[k]).abs().max() < 1e-4 for k in w1)
