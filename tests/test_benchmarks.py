@@ -227,3 +227,22 @@ def test_eval_html_shows_the_worst_queries(cli, prepared, tmp_path):
     html = page.read_text()
     assert html.count("<section>") == 2 and "worst queries of image" in html
     assert "show three bottles of soft drink" in html and html.count("data:image/png;base64,") == 2 * (1 + 5 + 1)
+
+
+def test_circo_map10_by_semantic_aspect():
+    from zscir_cli.pipeline.benchmarks import aspect_map10
+
+    q = [BenchQuery("0", "r", ["t"], ["a", "b"], "a", aspects=["cardinality", "viewpoint"]),
+         BenchQuery("1", "r", ["t"], ["c"], "c", aspects=["cardinality"])]
+    ranks = Rankings([["a", "x", "b"], ["x", "y", "z"]])
+    m = aspect_map10(_split("circo", q, list("abcxyz")), ranks)
+    ap0 = (1 + 2 / 3) / 2
+    assert m == {"cardinality": pytest.approx(100 * ap0 / 2), "viewpoint": pytest.approx(100 * ap0)}
+
+
+def test_circo_eval_reports_aspects(cli, prepared):
+    code, out, err = cli("eval", "circo", "--method", "image", *TINY, "--cache-dir", prepared, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert set(res["map@10_by_aspect"]["image"]) == {"cardinality", "statement_with_conjunction", "viewpoint"}
+    assert res["excluded_queries"] == 0 and res["split"] == "val" and "a photo of $ that" in res["prompt"]

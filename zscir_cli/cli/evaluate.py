@@ -112,3 +112,13 @@ def _print_benchmark(res: dict) -> None:
     for m, metrics in res["results"].items():
         table.add_row(m, *(f"{metrics[k]:.2f}" for k in keys))
     out.print(table)
+    aspects = res.get("map@10_by_aspect") or {}
+    if aspects:
+        names = sorted({a for per in aspects.values() for a in per})
+        per_aspect = Table(title="mAP@10 by semantic aspect", title_justify="left")
+        per_aspect.add_column("method")
+        for a in names:
+            per_aspect.add_column(a, justify="right")
+        for m, per in aspects.items():
+            per_aspect.add_row(m, *(f"{per[a]:.2f}" if a in per else "-" for a in names))
+        out.print(per_aspect)
