@@ -49,10 +49,9 @@ def test_complete_write_has_manifest_with_versions(tmp_path):
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_interrupted_write_leaves_nothing_visible(tmp_path, exc):
     store = ArtifactStore(tmp_path)
-    with pytest.raises(type(exc)):
-        with store.create("thing", "k2", config={}) as out:
-            (out.path / "half.bin").write_bytes(b"half")
-            raise exc
+    with pytest.raises(type(exc)), store.create("thing", "k2", config={}) as out:
+        (out.path / "half.bin").write_bytes(b"half")
+        raise exc
     assert store.get("thing", "k2") is None
     assert store.list() == []
     assert not (tmp_path / "thing" / "k2").exists()

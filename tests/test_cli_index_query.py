@@ -35,7 +35,7 @@ def test_index_writes_features_ids_and_manifest(cli, cache, image_folder, indexe
 
 
 def test_query_by_file_finds_the_image_itself_first(cli, cache, image_folder, indexed):
-    ref = sorted(image_folder.rglob("*.png"))[0]
+    ref = min(image_folder.rglob("*.png"))
     code, out, err = cli("query", ref, "make it red", "--method", "image", "-k", "3", "--json",
                          *TINY, "--cache-dir", cache)
     assert code == 0, err
@@ -57,7 +57,7 @@ def test_query_by_id_never_returns_the_reference(cli, cache, image_folder, index
 
 @pytest.mark.parametrize("method", ["text", "sum"])
 def test_query_table_and_html(cli, cache, image_folder, indexed, tmp_path, method):
-    ref = sorted(image_folder.rglob("*.jpg"))[0]
+    ref = min(image_folder.rglob("*.jpg"))
     page = tmp_path / "out.html"
     code, out, err = cli("query", ref, "<script>alert(1)</script> make it blue", "--method", method,
                          "-k", "4", "--html", page, "--index", indexed, "--cache-dir", cache)
@@ -77,7 +77,7 @@ def test_query_refuses_an_index_of_another_model(cli, cache, image_folder, index
 
 
 def test_default_method_needs_a_trained_run(cli, cache, image_folder, indexed):
-    ref = sorted(image_folder.rglob("*.png"))[0]
+    ref = min(image_folder.rglob("*.png"))
     code, _, err = cli("query", ref, "make it red", *TINY, "--cache-dir", cache)
     assert code == 2 and "No tscir run (Stage II) trained on zscir-tiny-vit" in err and "--method" in err
 
@@ -89,7 +89,7 @@ def test_query_without_an_index_for_the_model(cli, cache, image_folder, indexed)
 
 
 def test_empty_text_and_missing_reference(cli, cache, image_folder, indexed):
-    ref = sorted(image_folder.rglob("*.png"))[0]
+    ref = min(image_folder.rglob("*.png"))
     code, _, err = cli("query", ref, "  ", *TINY, "--cache-dir", cache)
     assert code == 2 and "modification text is empty" in err
     code, _, err = cli("query", "/no/such/ref.png", "make it red", "--method", "sum", *TINY, "--cache-dir", cache)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from runs import losses, one_and_two_processes
 from safetensors.torch import load_file
 
 from zscir_cli.core.cache import ArtifactStore
@@ -43,14 +41,14 @@ def _ctx(cache: Path) -> Context:
     return Context(store=ArtifactStore(cache), device="cpu", workers=0)
 
 
-CFG = dict(epochs=3, batch_size=16, lr=1e-3, seed=3, vsi_layers=[2, 4])
+CFG = {"epochs": 3, "batch_size": 16, "lr": 1e-3, "seed": 3, "vsi_layers": [2, 4]}
 
 
 def test_resume_after_ctrl_c_reaches_the_same_weights(cache, tmp_path, monkeypatch):
     full = map_train(_ctx(cache), SPEC, Stage1Config(**CFG))
     other = tmp_path / "other"
     shutil.copytree(cache, other, ignore=shutil.ignore_patterns("stage1"))
-    import zscir_cli.pipeline.stage1 as stage1
+    from zscir_cli.pipeline import stage1
 
     calls = {"n": 0}
     real = stage1.info_nce
@@ -92,22 +90,11 @@ def test_ddp_two_processes_match_one_process(cache, tmp_path):
     shutil.copytree(cache, single)
     args = ["map-train", *TINY, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--dropout", "0",
             "--seed", "1", "--device", "cpu", "--workers", "0", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "zscir_cli", *args, "--cache-dir", str(single)],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", "-m", "zscir_cli", *args, "--cache-dir", str(cache)],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)  # only rank 0 printed
-    m1 = [json.loads(x) for x in (single / "stage1" / r1["run"] / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(x) for x in (cache / "stage1" / r2["run"] / "metrics.jsonl").read_text().splitlines()]
-    assert [m["loss"] for m in m2] == pytest.approx([m["loss"] for m in m1], rel=1e-4)
-    manifest = json.loads((cache / "stage1" / r2["run"] / "manifest.json").read_text())
-    assert manifest["world_size"] == 2
-    w1 = load_file(str(single / "stage1" / r1["run"] / "weights.safetensors"))
-    w2 = load_file(str(cache / "stage1" / r2["run"] / "weights.safetensors"))
+    r1, r2 = one_and_two_processes(args, single, cache, port=29517)
+    run1, run2 = single / "stage1" / r1["run"], cache / "stage1" / r2["run"]
+    assert losses(run2) == pytest.approx(losses(run1), rel=1e-4)
+    assert json.loads((run2 / "manifest.json").read_text())["world_size"] == 2
+    w1, w2 = load_file(str(run1 / "weights.safetensors")), load_file(str(run2 / "weights.safetensors"))
     for k in w1:
         assert (w1[k] - w2[k]).abs().max() < 1e-4, k
 

@@ -50,7 +50,7 @@ def test_mining_never_returns_the_target_nor_its_caption():
     rng = np.random.default_rng(0)
     feats = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(12, 8)).astype(np.float32)), dim=-1)
     pool = np.arange(12)
-    captions = ["c%d" % i for i in range(12)]
+    captions = [f"c{i}" for i in range(12)]
     captions[5] = captions[3]  # image 5 looks like the target of query 0 by its caption
     ref, tgt = np.array([0, 7]), np.array([3, 9])
     # query 0 sits on its target, query 1 between its target and image 2
@@ -163,6 +163,16 @@ def test_compose_train_bad_input(cli, cache, tmp_path):
 
 
 
+def _scene_triplets(cli, cache: Path, tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """A scene-triplet file for the cache's world, and a copy of the cache to train a twin run in."""
+    trip = tmp_path / "t.jsonl"
+    assert cli("synth", "--data", "shapes", "--mode", "scene", "--out", trip, "--max-triplets", str(n),
+               "--cache-dir", cache)[0] == 0
+    twin = tmp_path / "twin"
+    shutil.copytree(cache, twin)
+    return trip, twin
+
+
 def test_compose_train_resume_equals_uninterrupted(cli, cache, tmp_path):
     from safetensors.torch import load_file
 
@@ -170,11 +180,7 @@ def test_compose_train_resume_equals_uninterrupted(cli, cache, tmp_path):
     from zscir_cli.pipeline.context import Context
     from zscir_cli.pipeline.stage2 import Stage2Config, compose_train
 
-    trip = tmp_path / "t.jsonl"
-    assert cli("synth", "--data", "shapes", "--mode", "scene", "--out", trip, "--max-triplets", "96",
-               "--cache-dir", cache)[0] == 0
-    other = tmp_path / "other"
-    shutil.copytree(cache, other)
+    trip, other = _scene_triplets(cli, cache, tmp_path, 96)
     spec = ModelSpec("zscir-tiny-vit", "none")
     cfg = Stage2Config(triplets=str(trip), epochs=3, batch_size=32, lr=1e-3, hard_negatives=3, seed=5)
     full = compose_train(Context(store=ArtifactStore(cache), workers=0), spec, cfg)
@@ -188,31 +194,14 @@ def test_compose_train_resume_equals_uninterrupted(cli, cache, tmp_path):
 
 
 def test_compose_train_ddp_two_processes_match_one(cli, cache, tmp_path):
-    import os
-    import subprocess
-    import sys
-
+    from runs import losses, one_and_two_processes
     from safetensors.torch import load_file
 
-    trip = tmp_path / "t.jsonl"
-    assert cli("synth", "--data", "shapes", "--mode", "scene", "--out", trip, "--max-triplets", "64",
-               "--cache-dir", cache)[0] == 0
-    single = tmp_path / "single"
-    shutil.copytree(cache, single)
+    trip, single = _scene_triplets(cli, cache, tmp_path, 64)
     args = ["compose-train", "--triplets", str(trip), *TINY, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
             "--hard-negatives", "2", "--device", "cpu", "--workers", "0", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "zscir_cli", *args, "--cache-dir", str(single)],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29519", "-m", "zscir_cli", *args, "--cache-dir", str(cache)],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
-    m1 = [json.loads(x)["loss"] for x in (single / "stage2" / r1["run"] / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(x)["loss"] for x in (cache / "stage2" / r2["run"] / "metrics.jsonl").read_text().splitlines()]
-    assert m2 == pytest.approx(m1, rel=1e-4)
-    w1 = load_file(str(single / "stage2" / r1["run"] / "adapters.safetensors"))
-    w2 = load_file(str(cache / "stage2" / r2["run"] / "adapters.safetensors"))
+    r1, r2 = one_and_two_processes(args, single, cache, port=29519)
+    run1, run2 = single / "stage2" / r1["run"], cache / "stage2" / r2["run"]
+    assert losses(run2) == pytest.approx(losses(run1), rel=1e-4)
+    w1, w2 = load_file(str(run1 / "adapters.safetensors")), load_file(str(run2 / "adapters.safetensors"))
     assert all((w1[k] - w2[k]).abs().max() < 1e-4 for k in w1)

@@ -84,7 +84,7 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         error(str(e))
         return EXIT_USER_ERROR
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a bug: say so, show the traceback on request
         if debug_enabled():
             traceback.print_exc()
         error(f"{type(e).__name__}: {e}. This is a bug in zscir; run again with ZSCIR_DEBUG=1 "

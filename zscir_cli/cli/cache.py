@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -25,7 +25,7 @@ def _age(seconds: float) -> str:
 
 @app.command("ls")
 def ls(
-    kind: Annotated[Optional[str], typer.Option(help="Only this kind (dataset, backbone, index).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind (dataset, backbone, index).")] = None,
     json_out: Json = False,
     cache_dir: CacheDir = None,
 ) -> None:
@@ -54,9 +54,9 @@ def ls(
 
 @app.command("rm")
 def rm(
-    keys: Annotated[Optional[list[str]], typer.Argument(help="Keys (or unique prefixes, or KIND/KEY).")] = None,
+    keys: Annotated[list[str] | None, typer.Argument(help="Keys (or unique prefixes, or KIND/KEY).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Remove every artifact.")] = False,
-    kind: Annotated[Optional[str], typer.Option(help="With --all: only this kind.")] = None,
+    kind: Annotated[str | None, typer.Option(help="With --all: only this kind.")] = None,
     incomplete: Annotated[bool, typer.Option("--incomplete", help="Remove leftovers of interrupted writes.")] = False,
     cache_dir: CacheDir = None,
 ) -> None:

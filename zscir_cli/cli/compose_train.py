@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,7 +19,7 @@ def compose_train(
     batch_size: Annotated[int, typer.Option(min=2, help="Global batch of triplets.")] = 128,
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate (cosine schedule).")] = 1e-4,
     adapter_dim: Annotated[int, typer.Option(min=1, help="Adapter bottleneck width.")] = 64,
-    adapter_layers: Annotated[Optional[str], typer.Option(help="Text blocks followed by an adapter, e.g. "
+    adapter_layers: Annotated[str | None, typer.Option(help="Text blocks followed by an adapter, e.g. "
                                                           "1,2 [default: every block].", show_default=False)] = None,
     hard_negatives: Annotated[int, typer.Option(min=0, help="K mined negatives per query, re-mined every epoch.")] = 8,
     no_hard_negatives: Annotated[bool, typer.Option("--no-hard-negatives", help="In-batch negatives only (no "
@@ -29,7 +29,7 @@ def compose_train(
              "target's (besides equal captions); above 1 turns it off.")] = 0.98,
     tune_stage1: Annotated[bool, typer.Option("--tune-stage1", help="Unfreeze the Stage I mapper.")] = False,
     stage1_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the Stage I loss (with --tune-stage1).")] = 0.0,
-    stage1: Annotated[Optional[str], typer.Option(help="Stage I run [default: the newest stage1 run of the model].",
+    stage1: Annotated[str | None, typer.Option(help="Stage I run [default: the newest stage1 run of the model].",
                                                   show_default=False)] = None,
     seed: Seed = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out triplets whose image is missing.")] = False,

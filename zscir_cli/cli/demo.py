@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ from zscir_cli.cli.options import CacheDir, Device, Json, Seed
 
 def demo(
     seed: Seed = 0,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Pretraining steps [default: 900].",
+    steps: Annotated[int | None, typer.Option(min=1, help="Pretraining steps [default: 900].",
                                                  show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run in seconds, to check the "
                                         "installation (its numbers mean nothing).")] = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,13 +15,13 @@ from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="Benchmark: shapes, fashioniq, cirr or circo (prepared first).")],
     split: Annotated[str, typer.Option(help="Split: val (every benchmark), test (shapes).")] = "val",
-    method: Annotated[Optional[list[str]], typer.Option(
+    method: Annotated[list[str] | None, typer.Option(
         "--method", help="Method to evaluate (repeat the option for several) [default: every method with a "
                          "run for the model].", show_default=False)] = None,
-    run: Annotated[Optional[str], typer.Option(
+    run: Annotated[str | None, typer.Option(
         "--run", help="Trained run for the (single) trained method given [default: the newest].",
         show_default=False)] = None,
-    html: Annotated[Optional[Path], typer.Option(
+    html: Annotated[Path | None, typer.Option(
         "--html", help="Also write a page of the first method's worst queries, with thumbnails.",
         show_default=False)] = None,
     model: Model = None,
@@ -88,7 +88,7 @@ def evaluate(
     out.print(table)
 
 
-def _worst(res: dict, html: Optional[Path], where: str) -> None:
+def _worst(res: dict, html: Path | None, where: str) -> None:
     if html is None:
         return
     from zscir_cli.pipeline.report import write_worst

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,7 +11,7 @@ from zscir_cli.cli.console import err, out
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained, Seed, Workers
 
 
-def _layers(value: Optional[str]) -> Optional[list[int]]:
+def _layers(value: str | None) -> list[int] | None:
     if value is None:
         return None
     try:
@@ -29,7 +29,7 @@ def map_train(
     seed: Seed = 0,
     model: Model = None,
     pretrained: Pretrained = None,
-    vsi_layers: Annotated[Optional[str], typer.Option(
+    vsi_layers: Annotated[str | None, typer.Option(
         help="Text blocks followed by a VSI block, 1-based, e.g. 3,6,9,12 [default: 4 spread over "
              "the depth].", show_default=False)] = None,
     vsi_tokens: Annotated[int, typer.Option(min=1, help="Spatial grid side: M = 1 + grid^2 visual tokens.")] = 4,

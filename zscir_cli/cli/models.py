@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,7 +11,7 @@ from zscir_cli.cli.options import Json
 
 
 def models(
-    contains: Annotated[Optional[str], typer.Argument(help="Only names containing this (case-insensitive).")] = None,
+    contains: Annotated[str | None, typer.Argument(help="Only names containing this (case-insensitive).")] = None,
     json_out: Json = False,
 ) -> None:
     """List the architectures and their pretrained tags (OpenCLIP's and zscir's own)."""

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-CacheDir = Annotated[Optional[Path], typer.Option(
+CacheDir = Annotated[Path | None, typer.Option(
     "--cache-dir", help="Cache root [default: $ZSCIR_HOME, else $XDG_CACHE_HOME/zscir, else "
                         "~/.cache/zscir].", show_default=False)]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-Workers = Annotated[Optional[int], typer.Option(
+Workers = Annotated[int | None, typer.Option(
     help="DataLoader workers for image decoding [default: one per spare core, at most 4].",
     show_default=False)]
 Seed = Annotated[int, typer.Option(help="Random seed: the same seed gives the same artifact.")]
-Model = Annotated[Optional[str], typer.Option(
+Model = Annotated[str | None, typer.Option(
     "--model", help="OpenCLIP architecture (e.g. ViT-L-14, or zscir-shapes-rn), or an "
                     "hf-hub:/local-dir: id [default: ViT-L-14, or the model of --index].",
     show_default=False)]
-Pretrained = Annotated[Optional[str], typer.Option(
+Pretrained = Annotated[str | None, typer.Option(
     "--pretrained", help="Weights: a zoo tag (openai, laion2b_s32b_b82k, ...), a local "
                          ".safetensors/.pt/.bin file, 'latest' (the newest 'zscir pretrain' of "
                          "--model), or 'none' for random weights [default: openai].",

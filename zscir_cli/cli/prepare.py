@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -46,7 +46,7 @@ def shapes_cmd(
 def imagefolder_cmd(
     folder: Annotated[str, typer.Argument(help="Folder of images, optionally with metadata.jsonl or "
                                                "metadata.csv (columns file_name, text).")],
-    name: Annotated[Optional[str], typer.Option(help="Name to use with --data [default: the folder's name].",
+    name: Annotated[str | None, typer.Option(help="Name to use with --data [default: the folder's name].",
                                                 show_default=False)] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave unreadable images out instead of failing.")] = False,
     force: Force = False,
@@ -72,7 +72,7 @@ def imagefolder_cmd(
     typer.echo(f"images\t{info['images']}\ncaptioned\t{info['captioned']}")
 
 
-BenchRoot = Annotated[Optional[Path], typer.Argument(help="The data set's folder, in its public layout "
+BenchRoot = Annotated[Path | None, typer.Argument(help="The data set's folder, in its public layout "
                                                           "[default: $ZSCIR_DATA/<name>].", show_default=False)]
 SkipMissing = Annotated[bool, typer.Option("--skip-missing", help="Go on without missing images: the queries "
                                            "that need them are excluded and counted.")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,16 +16,16 @@ def query(
     reference: Annotated[str, typer.Argument(help="Reference image: a file, or an id in the index.")],
     text: Annotated[str, typer.Argument(help="Modification text, e.g. \"make it red\".")],
     method: Annotated[str, typer.Option(help="tscir (both stages), stage1, pic2word, sum, image or text.")] = "tscir",
-    run: Annotated[Optional[str], typer.Option(
+    run: Annotated[str | None, typer.Option(
         "--run", help="Trained run for tscir/stage1/pic2word [default: the newest for the model].",
         show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show.")] = 10,
-    index: Annotated[Optional[str], typer.Option(
+    index: Annotated[str | None, typer.Option(
         "--index", help="Index key (from 'zscir index' or 'zscir cache ls') [default: the newest "
                         "index built with the model].", show_default=False)] = None,
     model: Model = None,
     pretrained: Pretrained = None,
-    html: Annotated[Optional[Path], typer.Option(
+    html: Annotated[Path | None, typer.Option(
         "--html", help="Also write a self-contained HTML page with thumbnails.")] = None,
     json_out: Json = False,
     device: Device = "auto",

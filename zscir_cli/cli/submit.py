@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,9 +15,9 @@ from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
 
 def submit(
     dataset: Annotated[str, typer.Argument(help="cirr or circo (fashioniq: our own format, see the README).")],
-    split: Annotated[Optional[str], typer.Option(help="Split [default: the test split].", show_default=False)] = None,
+    split: Annotated[str | None, typer.Option(help="Split [default: the test split].", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="Method, as in query.")] = "tscir",
-    run: Annotated[Optional[str], typer.Option(help="Trained run [default: the newest].", show_default=False)] = None,
+    run: Annotated[str | None, typer.Option(help="Trained run [default: the newest].", show_default=False)] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the files.")] = Path("submission"),
     model: Model = None,
     pretrained: Pretrained = None,
@@ -64,7 +64,7 @@ def submit(
 def score(
     dataset: Annotated[str, typer.Argument(help="fashioniq, cirr or circo.")],
     predictions: Annotated[list[Path], typer.Argument(help="Prediction files in the submission formats.")],
-    root: Annotated[Optional[Path], typer.Option(help="The data set's folder (annotations are enough) "
+    root: Annotated[Path | None, typer.Option(help="The data set's folder (annotations are enough) "
                                                  "[default: the prepared data set].", show_default=False)] = None,
     split: Annotated[str, typer.Option(help="A split with ground truth.")] = "val",
     json_out: Json = False,

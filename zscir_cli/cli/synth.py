@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,9 +13,9 @@ from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained, See
 
 
 def synth(
-    data: Annotated[Optional[str], typer.Option(help="Prepared image-caption data set (its train split).",
+    data: Annotated[str | None, typer.Option(help="Prepared image-caption data set (its train split).",
                                                 show_default=False)] = None,
-    captions: Annotated[Optional[Path], typer.Option(help="JSONL or CSV of image paths and captions "
+    captions: Annotated[Path | None, typer.Option(help="JSONL or CSV of image paths and captions "
                                                      "(image/file_name, caption/text).", show_default=False)] = None,
     out_path: Annotated[Path, typer.Option("--out", help="Triplet file to write (JSONL).")] = Path("synth.jsonl"),
     max_triplets: Annotated[int, typer.Option(min=1, help="At most this many, balanced over edit types.")] = 5000,

@@ -213,5 +213,12 @@ def identity(artifact: Artifact) -> dict[str, Any]:
     return {"kind": artifact.kind, "key": artifact.key}
 
 
-__all__ = ["Artifact", "ArtifactStore", "Pending", "resolve_cache_root", "identity",
-           "library_versions", "canonical_json"]
+__all__ = [
+    "Artifact",
+    "ArtifactStore",
+    "Pending",
+    "canonical_json",
+    "identity",
+    "library_versions",
+    "resolve_cache_root",
+]

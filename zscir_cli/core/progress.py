@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # annotations are lazy here: no runtime dependency on typing_extensions
+    from typing_extensions import Self
 
 T = TypeVar("T")
 log = logging.getLogger("zscir")
@@ -24,7 +27,7 @@ class Task:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> Task:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -88,5 +88,5 @@ def check_image(path: Path) -> str | None:
         with Image.open(path) as im:
             im.load()
         return None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported per file
         return f"{type(e).__name__}: {e}".splitlines()[0][:200]

@@ -228,5 +228,13 @@ def spec_from_identity(ident: dict[str, Any]) -> ModelSpec:
     return ModelSpec(ident["name"], ident.get("pretrained"))
 
 
-__all__ = ["Backbone", "ModelSpec", "load_backbone", "available_models", "register_configs",
-           "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "asdict"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_PRETRAINED",
+    "Backbone",
+    "ModelSpec",
+    "asdict",
+    "available_models",
+    "load_backbone",
+    "register_configs",
+]

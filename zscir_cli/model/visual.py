@@ -58,11 +58,11 @@ def encode_with_tokens(model: nn.Module, images: torch.Tensor, grid: int = 4) ->
         x = visual.ln_post(x[:, 1:])  # (B, g*g, W): patch tokens, class token dropped
         if visual.proj is not None:
             x = x @ visual.proj  # (B, g*g, D)
-        side = int(round(x.shape[1] ** 0.5))
+        side = round(x.shape[1] ** 0.5)
         fmap = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)  # (B, D, g, g)
     else:
         pool = visual.attnpool
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         seq = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
         if pool.positional_embedding.shape[0] == h * w + 1:
             seq = seq + pool.positional_embedding[1:].to(seq.dtype)

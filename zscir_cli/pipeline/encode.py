@@ -24,7 +24,7 @@ class ImageRows(Dataset):
     def __getitem__(self, i: int):
         try:
             return self.preprocess(self.gallery.image(i)), i, None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported per image, never swallowed
             return None, i, f"{type(e).__name__}: {e}".splitlines()[0][:200]
 
 

@@ -106,8 +106,8 @@ def write_html(results: list[QueryResult], path: Path, title: str = "zscir resul
     """One self-contained page: each query's reference, text and top-k thumbnails."""
     body = []
     for res in results:
-        parts = [f"<section><h2>{html.escape(res.text)}</h2><p>method <b>{html.escape(res.method)}</b>, "
-                 f"model {html.escape(res.model)}, index {html.escape(res.index.key)}</p>"]
+        parts = [(f"<section><h2>{html.escape(res.text)}</h2><p>method <b>{html.escape(res.method)}</b>, "
+                  f"model {html.escape(res.model)}, index {html.escape(res.index.key)}</p>")]
         if res.reference_image is not None:
             parts.append(figure(res.reference_image, f"reference {Path(res.reference).name}", "ref"))
         for hit in res.hits:
@@ -115,7 +115,7 @@ def write_html(results: list[QueryResult], path: Path, title: str = "zscir resul
             if res.gallery is not None and hit.id in res.gallery.ids:
                 try:
                     img = res.gallery.image(res.gallery.ids.index(hit.id))
-                except Exception:
+                except Exception:  # noqa: BLE001 - a vanished file only loses its thumbnail
                     img = None
             parts.append(figure(img, f"#{hit.rank} {hit.id} {hit.score:.3f}"))
         body.append("".join(parts) + "</section>")

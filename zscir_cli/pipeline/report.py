@@ -73,5 +73,5 @@ def write_worst(path: Path, title: str, scored: list[Scored], image: Callable[[s
 def _safe(image: Callable[[str], object], item: str):
     try:
         return image(item)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a missing file loses its thumbnail, not the page
         return None
