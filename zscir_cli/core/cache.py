@@ -145,6 +145,17 @@ class ArtifactStore:
         return sorted(tmp.iterdir()) if tmp.is_dir() else []
 
     # -- writing ----------------------------------------------------------------------------
+    def lock(self, kind: str, key: str, on_wait: Callable[[str], None] | None = None):
+        """Hold the artifact's inter-process lock: build under it after checking `get` again, so
+        two identical commands never both do the work (the second waits, then finds it)."""
+        from zscir_cli.core import locks
+
+        def waiting(who: str) -> None:
+            if on_wait is not None:
+                on_wait(f"waiting for {who}, which is building {kind}/{key}")
+
+        return locks.hold(self.root, f"{kind}-{key}", on_wait=waiting)
+
     def ensure_writable(self) -> None:
         try:
             (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
