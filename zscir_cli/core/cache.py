@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from zscir_cli import __version__
+from zscir_cli.core import faults
 from zscir_cli.core.errors import UserError
 from zscir_cli.core.jsonutil import canonical_json, content_key
 
@@ -169,44 +172,171 @@ class ArtifactStore:
     @contextlib.contextmanager
     def create(self, kind: str, key: str, *, config: dict[str, Any],
                inputs: list[dict[str, Any]] | None = None, description: str = "",
-               model: dict[str, Any] | None = None, seed: int | None = None) -> Iterator[Pending]:
-        """Write an artifact atomically. On any exception (Ctrl-C too) nothing is left behind."""
-        self.ensure_writable()
-        tmp = self.root / TMP_DIR / f"{kind}-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION, "kind": kind, "key": key,
-            "description": description, "versions": library_versions(), "config": config,
-            "model": model, "seed": seed, "inputs": inputs or [],
-        }
-        pending = Pending(kind, key, tmp, manifest)
-        try:
-            yield pending
-            now = time.time()
-            manifest["created_unix"] = now
-            manifest["created"] = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(
-                timespec="seconds")
-            # manifest last: its presence marks the artifact complete
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str)
-                                        + "\n", encoding="utf-8")
-            final = self.root / kind / key
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # a concurrent writer won, or a broken leftover: replace it
-                if _read_manifest(final) is not None:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+               model: dict[str, Any] | None = None, seed: int | None = None,
+               on_wait: Callable[[str], None] | None = None) -> Iterator[Pending]:
+        """Write an artifact atomically. On any exception (Ctrl-C too) nothing is left behind.
+
+        The artifact's lock is held throughout (re-entrant: a caller that already holds it, as a
+        check-then-build does, keeps it), so `cache rm` can tell a live write from a dead one."""
+        with self.lock(kind, key, on_wait):
+            self.ensure_writable()
+            tmp = self.root / TMP_DIR / temp_name(kind, key)
+            manifest: dict[str, Any] = {
+                "schema_version": SCHEMA_VERSION, "kind": kind, "key": key,
+                "description": description, "versions": library_versions(), "config": config,
+                "model": model, "seed": seed, "inputs": inputs or [],
+            }
+            try:
+                tmp.mkdir(parents=True)
+                yield Pending(kind, key, tmp, manifest)
+                self._publish(tmp, kind, key, manifest)
+            except BaseException as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                failure = write_failure(e, self.root)
+                if failure is not None:
+                    raise failure from e
+                raise
+
+    def _publish(self, tmp: Path, kind: str, key: str, manifest: dict[str, Any]) -> None:
+        now = time.time()
+        manifest["created_unix"] = now
+        manifest["created"] = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(
+            timespec="seconds")
+        faults.point("cache:before-manifest")
+        # manifest last: its presence marks the artifact complete
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str)
+                                    + "\n", encoding="utf-8")
+        _settle(tmp)
+        final = self.root / kind / key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # an earlier writer won, or a broken leftover: replace it
+            if _read_manifest(final) is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            shutil.rmtree(final)
+        faults.point("cache:before-rename")
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        faults.point("cache:after-rename")
 
     def remove(self, artifact: Artifact) -> None:
         # rename first so a half-deleted folder is never read as an artifact
-        trash = self.root / TMP_DIR / f"rm-{artifact.kind}-{artifact.key}-{uuid.uuid4().hex[:8]}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(artifact.path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        with self.lock(artifact.kind, artifact.key):
+            trash = self.root / TMP_DIR / ("rm-" + temp_name(artifact.kind, artifact.key))
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(artifact.path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def leftovers(self) -> list[Leftover]:
+        """What interrupted writes and removals left under `.tmp/`, each marked live when the
+        process writing it still holds its artifact's lock."""
+        from zscir_cli.core import locks
+
+        found = []
+        for path in self.incomplete():
+            parsed = parse_temp_name(path.name)
+            if parsed is None:
+                found.append(Leftover(path, None, None, None, False))
+                continue
+            kind, key, pid = parsed
+            found.append(Leftover(path, kind, key, pid, locks.is_held(self.root, f"{kind}-{key}")))
+        return found
+
+
+@dataclass
+class Leftover:
+    """A folder under `.tmp/`: an artifact being (or once being) written, or removed."""
+
+    path: Path
+    kind: str | None
+    key: str | None
+    pid: int | None
+    live: bool
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.key}" if self.kind else self.path.name
+
+
+def temp_name(kind: str, key: str) -> str:
+    """A name no other write (this process's or another's) can take: kind, key, pid, random."""
+    return f"{kind}-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def parse_temp_name(name: str) -> tuple[str, str, int] | None:
+    """(kind, key, pid) of a `temp_name` (a removal's `rm-` prefix is dropped); kinds may hold
+    dashes, keys and pids do not."""
+    parts = name.removeprefix("rm-").rsplit("-", 3)
+    if len(parts) != 4 or not parts[0] or not parts[2].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2])
+
+
+_ROOM = "Free some space, or move the cache to a disk with room (--cache-dir DIR or ZSCIR_HOME)."
+_WRITABLE = ("Make the cache folder writable, or pass --cache-dir DIR (or set ZSCIR_HOME) to a "
+             "folder you can write.")
+# errno -> (what happened, what to do about it)
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", _ROOM),
+    errno.EDQUOT: ("the disk quota is exceeded", _ROOM),
+    errno.EFBIG: ("the file is too large for the file system", _ROOM),
+    errno.EACCES: ("permission denied", _WRITABLE),
+    errno.EPERM: ("the operation is not permitted", _WRITABLE),
+    errno.EROFS: ("the file system is read-only", _WRITABLE),
+}
+# writers outside Python (safetensors, faiss) report the OS error in their message only
+_MESSAGE_ERRNOS = {os.strerror(n): n for n in _WRITE_ERRORS}
+
+
+def write_failure(exc: BaseException, root: Path) -> UserError | None:
+    """The UserError for a write that failed for want of space or permission, else None."""
+    if isinstance(exc, UserError) or not isinstance(exc, Exception):
+        return None
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        text = str(exc)
+        match = re.search(r"os error (\d+)", text)
+        code = int(match.group(1)) if match else next(
+            (n for msg, n in _MESSAGE_ERRNOS.items() if msg in text), None)
+    if code not in _WRITE_ERRORS:
+        return None
+    what, fix = _WRITE_ERRORS[code]
+    path = getattr(exc, "filename", None)
+    where = f"{path}" if path else f"to the cache at {root}"
+    return UserError(f"Could not write {where}: {what}; nothing of the unfinished artifact "
+                     "was kept.", fix)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _settle(folder: Path) -> None:
+    """Give the artifact's files ordinary permissions (some writers make them 0600) and flush
+    them and their folders to disk, so the rename that publishes the artifact never outlives
+    its content after a power cut."""
+    mask = _umask()
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            os.chmod(path, 0o666 & ~mask)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -227,9 +357,13 @@ def identity(artifact: Artifact) -> dict[str, Any]:
 __all__ = [
     "Artifact",
     "ArtifactStore",
+    "Leftover",
     "Pending",
     "canonical_json",
     "identity",
     "library_versions",
+    "parse_temp_name",
     "resolve_cache_root",
+    "temp_name",
+    "write_failure",
 ]
