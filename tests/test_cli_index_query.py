@@ -141,7 +141,7 @@ def test_unwritable_cache_root(cli, tmp_path, image_folder):
 
 
 def test_cache_rm(cli, cache, indexed):
-    code, out, _ = cli("cache", "rm", indexed[:6], "--cache-dir", cache)
+    code, out, _ = cli("cache", "rm", indexed[:6], "--yes", "--cache-dir", cache)
     assert code == 0 and f"removed index/{indexed}" in out
     assert not (cache / "index" / indexed).exists()
     code, _, err = cli("cache", "rm", "--cache-dir", cache)
