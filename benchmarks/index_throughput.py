@@ -32,7 +32,7 @@ def main() -> None:
     from zscir_cli.data.images import FolderGallery
     from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.indexing import build_index
+    from zscir_cli.pipeline.indexing import index_gallery
 
     backbone = load_backbone(ModelSpec(args.model, "none"))
     size = backbone.preprocess.transforms[0].size
@@ -53,7 +53,7 @@ def main() -> None:
 
         def pipeline(run: int) -> None:
             ctx = Context(store=ArtifactStore(Path(tmp) / f"cache{run}"), workers=args.workers)
-            build_index(ctx, backbone, gallery, batch_size=args.batch_size)
+            index_gallery(ctx, backbone, gallery, batch_size=args.batch_size)
 
         bare()  # warm-up: allocator, oneDNN kernels
         t_bare, t_pipe = [], []

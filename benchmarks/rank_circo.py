@@ -36,9 +36,9 @@ def _run(which: str, args: dict, out) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     if which == "zscir":
-        from zscir_cli.index.search import build_index, rank
+        from zscir_cli.index.search import build_faiss, rank
 
-        index = build_index(gallery)
+        index = build_faiss(gallery)
         built = time.perf_counter() - t
         idx, _ = rank(index, queries, 50)
     else:  # the naive way: a full (Q, N) score matrix and a full sort

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from zscir_cli.eval.metrics import average_precision_at_k, map_at_k, recall_at_k
-from zscir_cli.index.search import build_index, rank
+from zscir_cli.index.search import build_faiss, rank
 
 
 def test_average_precision_follows_circo():
@@ -37,7 +37,7 @@ def test_rank_is_exact_top_k_and_excludes():
     full = np.argsort(-(queries @ gallery.T), axis=1)[:, :5]
     assert (idx == full).all()
     assert (np.diff(scores, axis=1) <= 1e-6).all()
-    idx2, _ = rank(build_index(gallery), queries, 5, exclude=[[3], [7, int(full[1, 1])]])
+    idx2, _ = rank(build_faiss(gallery), queries, 5, exclude=[[3], [7, int(full[1, 1])]])
     assert 3 not in idx2[0] and idx2[0].tolist() == full[0, 1:].tolist() + [idx2[0, 4]]
     assert 7 not in idx2[1] and int(full[1, 1]) not in idx2[1]
 

@@ -29,14 +29,15 @@ def index(
     """Embed a gallery with a backbone: fp16 features, ids and an exact faiss index, cached."""
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
     from zscir_cli.pipeline.datasets import resolve_gallery
-    from zscir_cli.pipeline.indexing import build_index
+    from zscir_cli.pipeline.indexing import index_gallery
 
     ctx = make_context(cache_dir, device, workers)
     images = resolve_gallery(ctx, gallery)
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
-    res = build_index(ctx, backbone, images, batch_size=batch_size, skip_bad=skip_bad, force=force)
+    res = index_gallery(ctx, backbone, images, batch_size=batch_size, skip_bad=skip_bad, force=force)
     info = {"index": res.artifact.key, "path": str(res.artifact.path), "images": res.artifact.manifest["count"],
-            "skipped": res.skipped, "model": backbone.spec.label(), "built": res.built}
+            "skipped": res.skipped, "model": backbone.spec.label(), "built": res.built,
+            "timings_s": res.timings}
     if json_out:
         print_json(info)
         return
@@ -45,4 +46,6 @@ def index(
                   f"{res.artifact.path / 'manifest.json'}")
     err.print(("built" if res.built else "already built") + f" index {res.artifact.key}: "
               f"{info['images']} images, {info['model']}")
+    if res.built and res.timings:
+        err.print("seconds: " + ", ".join(f"{k.replace('_', '/')} {v:.1f}" for k, v in res.timings.items()))
     typer.echo(res.artifact.key)

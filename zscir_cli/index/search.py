@@ -20,7 +20,7 @@ IDS = "ids.json"
 INDEX = "index.faiss"
 
 
-def build_index(features: np.ndarray) -> faiss.Index:
+def build_faiss(features: np.ndarray) -> faiss.Index:
     """An exact inner-product index over (N, D) features (normalised: inner product = cosine)."""
     feats = np.ascontiguousarray(features, dtype=np.float32)
     index = faiss.IndexFlatIP(feats.shape[1])
@@ -37,7 +37,7 @@ def rank(gallery: faiss.Index | np.ndarray, queries: np.ndarray, k: int,
     for query q. Returns (indices (Q, k) int64, scores (Q, k) float32); rows past the gallery's
     end are -1 with score -inf.
     """
-    index = gallery if isinstance(gallery, faiss.Index) else build_index(gallery)
+    index = gallery if isinstance(gallery, faiss.Index) else build_faiss(gallery)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != index.d:
         raise ValueError(f"queries must be (Q, {index.d}), got {queries.shape}")
@@ -66,7 +66,57 @@ def save(folder: Path, features: np.ndarray, ids: list[str]) -> None:
     folder = Path(folder)
     np.save(folder / FEATURES, features.astype(np.float16))
     (folder / IDS).write_text(json.dumps(ids), encoding="utf-8")
-    faiss.write_index(build_index(features), str(folder / INDEX))
+    faiss.write_index(build_faiss(features), str(folder / INDEX))
+
+
+class NpyAppender:
+    """Rows appended to a memory-mapped `.npy` of `capacity` rows, so a large gallery never sits in
+    memory; `close` cuts the file to the rows written (fewer when images were skipped)."""
+
+    def __init__(self, path: Path, capacity: int, dtype=np.float16):
+        self.path, self.capacity, self.dtype = Path(path), capacity, dtype
+        self.array: np.ndarray | None = None
+        self.count = 0
+
+    def append(self, x: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype,
+                                                   shape=(self.capacity, *x.shape[1:]))
+        self.array[self.count:self.count + len(x)] = x.astype(self.dtype)
+        self.count += len(x)
+
+    def close(self) -> None:
+        if self.array is None:
+            return
+        self.array.flush()
+        if self.count < self.capacity:
+            kept = np.array(self.array[:self.count])
+            self.array = None
+            np.save(self.path, kept)
+        self.array = None
+
+
+class IndexWriter:
+    """The index format written batch by batch: the faiss index gets the float32 features (as
+    `save` does), features.npy their fp16 copy."""
+
+    def __init__(self, folder: Path, capacity: int):
+        self.folder = Path(folder)
+        self.features = NpyAppender(self.folder / FEATURES, capacity)
+        self.index: faiss.Index | None = None
+
+    def append(self, features: np.ndarray) -> None:
+        feats = np.ascontiguousarray(features, dtype=np.float32)
+        if self.index is None:
+            self.index = faiss.IndexFlatIP(feats.shape[1])
+        self.index.add(feats)  # a flat index only appends: batch by batch equals all at once
+        self.features.append(feats)
+
+    def close(self, ids: list[str]) -> None:
+        self.features.close()
+        (self.folder / IDS).write_text(json.dumps(ids), encoding="utf-8")
+        if self.index is not None:
+            faiss.write_index(self.index, str(self.folder / INDEX))
 
 
 def load(folder: Path) -> tuple[faiss.Index, np.ndarray, list[str]]:

@@ -21,7 +21,7 @@ from zscir_cli.index import search
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.features import cached_features
-from zscir_cli.pipeline.indexing import build_index
+from zscir_cli.pipeline.indexing import index_gallery
 from zscir_cli.pipeline.methods import QueryMethod, load_method
 from zscir_cli.pipeline.report import Scored
 
@@ -183,7 +183,7 @@ def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, data: Prep
         rows = [i for i, q in enumerate(data.queries) if q.group == group]
         if not rows:
             continue
-        index = build_index(ctx, backbone, _gallery(data, group)).artifact
+        index = index_gallery(ctx, backbone, _gallery(data, group)).artifact
         faiss_index, gal_feats, gal_ids = search.load(index.path)
         gal_row = {g: i for i, g in enumerate(gal_ids)}
         qs = [data.queries[i] for i in rows]

@@ -12,7 +12,7 @@ from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import load_split, prepare_shapes, resolve_gallery
 from zscir_cli.pipeline.evaluate import evaluate_shapes
-from zscir_cli.pipeline.indexing import build_index
+from zscir_cli.pipeline.indexing import index_gallery
 from zscir_cli.pipeline.methods import available_methods, load_method
 from zscir_cli.pipeline.pretrain import PretrainConfig, backbone_spec, pretrain
 from zscir_cli.pipeline.query import QueryResult, run_query, write_html
@@ -96,7 +96,7 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
 
     t = time.time()
     ctx.reporter.info("5/7 indexing the test gallery")
-    index = build_index(ctx, backbone, resolve_gallery(ctx, f"{data.key}:test")).artifact
+    index = index_gallery(ctx, backbone, resolve_gallery(ctx, f"{data.key}:test")).artifact
     timings["index"] = time.time() - t
 
     t = time.time()

@@ -20,7 +20,7 @@ from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split, resolve_gallery
 from zscir_cli.pipeline.features import cached_features
-from zscir_cli.pipeline.indexing import build_index
+from zscir_cli.pipeline.indexing import index_gallery
 from zscir_cli.pipeline.methods import load_method
 from zscir_cli.pipeline.report import Scored
 
@@ -43,7 +43,7 @@ def evaluate_shapes(ctx: Context, backbone: Backbone, methods: list[str], split:
     art = find_dataset(ctx, dataset)
     queries = load_split(art, "cir", split)
     gallery = resolve_gallery(ctx, f"{dataset}:{split}")
-    index = build_index(ctx, backbone, gallery).artifact  # features computed once, then cached
+    index = index_gallery(ctx, backbone, gallery).artifact  # features computed once, then cached
     faiss_index, features, ids = search.load(index.path)
     row_of = {g: i for i, g in enumerate(ids)}
     ref_rows = [row_of[r] for r in queries["reference_id"]]

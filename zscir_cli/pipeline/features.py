@@ -1,7 +1,8 @@
 """The frozen-feature cache: image features, pooled spatial tokens and caption features.
 
 Computed once per (model, image source, grid) and stored as fp16 `.npy` files that training
-memory-maps, so no epoch and no later run ever runs the image encoder again.
+memory-maps, so no epoch and no later run ever runs the image encoder again. Image features come
+from the one encoding pass of `pipeline.galleries` (shared with the index).
 """
 
 from __future__ import annotations
@@ -12,19 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.device import autocast
-from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import Gallery
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.model.visual import encode_with_tokens
 from zscir_cli.pipeline.context import Context
-from zscir_cli.pipeline.encode import ImageRows, collate_rows
-from zscir_cli.pipeline.indexing import gallery_identity
+from zscir_cli.pipeline.galleries import FEATURES, encode_once
 
-KIND = "features"
+KIND = FEATURES
 TEXT_KIND = "text-features"
 
 
@@ -53,7 +51,8 @@ class FeatureSet:
 def cached_features(ctx: Context, backbone: Backbone, gallery: Gallery, *, grid: int = 4,
                     captions: list[str] | None = None, batch_size: int = 64) -> FeatureSet:
     """The features of `gallery` (and of `captions`, one per image), computed once then reused."""
-    images = _image_features(ctx, backbone, gallery, grid, batch_size)
+    images = encode_once(ctx, backbone, gallery, index=False, grid=grid, batch_size=batch_size).features
+    assert images is not None
     fs = FeatureSet.open(images)
     if captions is not None:
         if len(captions) != len(fs.ids):
@@ -62,48 +61,16 @@ def cached_features(ctx: Context, backbone: Backbone, gallery: Gallery, *, grid:
     return fs
 
 
-def _image_features(ctx: Context, backbone: Backbone, gallery: Gallery, grid: int, batch_size: int) -> Artifact:
-    config = {"model": backbone.spec.identity(), "source": gallery_identity(gallery), "grid": grid}
-    key = ctx.store.key_for(KIND, config)
-    found = ctx.store.get(KIND, key)
-    if found is not None:
-        return found
-    n = len(gallery)
-    if n == 0:
-        raise UserError("The data set has no images.", "Prepare a data set that holds images.")
-    loader = DataLoader(ImageRows(gallery, backbone.preprocess), batch_size=batch_size, shuffle=False,
-                        num_workers=ctx.num_workers(), collate_fn=collate_rows)
-    img_parts, tok_parts, failures = [], [], []
-    with ctx.reporter.task(f"caching features of {n} images", total=n) as task:
-        for images, rows, bad in loader:
-            failures.extend(bad)
-            if images is not None:
-                with torch.inference_mode(), autocast(backbone.device):
-                    v, t = encode_with_tokens(backbone.model, images.to(backbone.device), grid)
-                img_parts.append(v.cpu().numpy().astype(np.float16))
-                tok_parts.append(t.cpu().numpy().astype(np.float16))
-            task.advance(len(rows) + len(bad))
-    if failures:
-        names = ", ".join(f"{gallery.ids[i]} ({e})" for i, e in failures[:10])
-        raise UserError(f"{len(failures)} image(s) of the data set could not be read: {names}.",
-                        "Fix them and prepare the data set again.")
-    with ctx.store.create(KIND, key, config=config, model=backbone.spec.identity(),
-                          description=f"frozen features of {n} images, {backbone.spec.label()}") as out:
-        tokens = np.concatenate(tok_parts)
-        np.save(out.path / "image.npy", np.concatenate(img_parts))
-        np.save(out.path / "tokens.npy", tokens)
-        (out.path / "ids.json").write_text(json.dumps(gallery.ids))
-        out.manifest.update({"count": n, "tokens": int(tokens.shape[1]), "dim": int(tokens.shape[2])})
-    return ctx.store.get(KIND, key)  # type: ignore[return-value]
-
-
 def _caption_features(ctx: Context, backbone: Backbone, captions: list[str]) -> Artifact:
     digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16]
     config = {"model": backbone.spec.identity(), "captions": len(captions), "digest": digest}
     key = ctx.store.key_for(TEXT_KIND, config)
-    found = ctx.store.get(TEXT_KIND, key)
-    if found is not None:
-        return found
+    with ctx.store.lock(TEXT_KIND, key, on_wait=ctx.reporter.info):
+        found = ctx.store.get(TEXT_KIND, key)
+        return found if found is not None else _encode_captions(ctx, backbone, captions, config, key)
+
+
+def _encode_captions(ctx: Context, backbone: Backbone, captions: list[str], config: dict, key: str) -> Artifact:
     parts = []
     with ctx.reporter.task(f"caching features of {len(captions)} captions", total=len(captions)) as task:
         for s in range(0, len(captions), 256):

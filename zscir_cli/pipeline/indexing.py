@@ -1,32 +1,24 @@
-"""`zscir index`: embed a gallery with a backbone and store features + a faiss index."""
+"""`zscir index`: a gallery's features and exact faiss index, and finding indexes again."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
-from zscir_cli.data.images import FolderGallery, Gallery
-from zscir_cli.index import search
+from zscir_cli.data.images import Gallery
 from zscir_cli.model.backbone import Backbone, ModelSpec
 from zscir_cli.pipeline.context import Context
-from zscir_cli.pipeline.encode import encode_gallery
+from zscir_cli.pipeline.galleries import INDEX as KIND
+from zscir_cli.pipeline.galleries import describe_source, encode_once
 
-KIND = "index"
-MAX_NAMED_FAILURES = 20
+__all__ = ["KIND", "IndexResult", "describe_source", "find_index", "gallery_identity", "index_gallery"]
 
 
 def gallery_identity(gallery: Gallery) -> dict[str, Any]:
-    """What makes two galleries the same: for a folder, its files' names, sizes and times."""
-    if isinstance(gallery, FolderGallery):
-        h = hashlib.sha256()
-        for rel, p in zip(gallery.ids, gallery.files):
-            st = p.stat()
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return {**gallery.source, "files": len(gallery.ids), "digest": h.hexdigest()[:16]}
-    return dict(gallery.source)
+    """What makes two galleries the same (see `Gallery.identity`)."""
+    return gallery.identity()
 
 
 @dataclass
@@ -34,45 +26,18 @@ class IndexResult:
     artifact: Artifact
     built: bool
     skipped: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage of the pass that built it
 
 
-def build_index(ctx: Context, backbone: Backbone, gallery: Gallery, *, batch_size: int = 64,
-                skip_bad: bool = False, force: bool = False) -> IndexResult:
-    model_id = backbone.spec.identity()
-    config = {"gallery": gallery_identity(gallery), "model": model_id, "skip_bad": skip_bad}
-    key = ctx.store.key_for(KIND, config)
-    found = ctx.store.get(KIND, key)
-    if found is not None and not force:
-        return IndexResult(found, False, len(found.manifest.get("skipped", [])))
-    ctx.store.ensure_writable()  # fail before encoding, not after
-    enc = encode_gallery(ctx, backbone, gallery, batch_size=batch_size,
-                         description=f"indexing {len(gallery)} images")
-    bad = [(gallery.ids[i], err) for i, err in enc.failures]
-    if bad and not skip_bad:
-        shown = "; ".join(f"{name} ({err})" for name, err in bad[:MAX_NAMED_FAILURES])
-        more = f" and {len(bad) - MAX_NAMED_FAILURES} more" if len(bad) > MAX_NAMED_FAILURES else ""
-        raise UserError(f"{len(bad)} image(s) could not be read: {shown}{more}.",
-                        "Fix or remove them, or pass --skip-bad to index the rest.")
-    if not enc.rows:
-        raise UserError("No image of the gallery could be read.", "Check the gallery's files.")
-    if found is not None:
-        ctx.store.remove(found)
-    ids = [gallery.ids[i] for i in enc.rows]
-    with ctx.store.create(KIND, key, config=config, model=model_id,
-                          description=f"{len(ids)} images of {describe_source(gallery.source)} "
-                                      f"with {backbone.spec.label()}") as out:
-        search.save(out.path, enc.features, ids)
-        out.manifest["count"] = len(ids)
-        out.manifest["dim"] = int(enc.features.shape[1])
-        out.manifest["gallery_source"] = gallery.source
-        out.manifest["skipped"] = [{"id": n, "error": e} for n, e in bad]
-    return IndexResult(ctx.store.get(KIND, key), True, len(bad))  # type: ignore[arg-type]
-
-
-def describe_source(source: dict[str, Any]) -> str:
-    if source.get("kind") == "folder":
-        return source["root"]
-    return f"{source.get('name')}:{source.get('split')}"
+def index_gallery(ctx: Context, backbone: Backbone, gallery: Gallery, *, batch_size: int = 64,
+                  skip_bad: bool = False, force: bool = False, grid: int | None = None) -> IndexResult:
+    """The gallery's index, built once per (model, gallery); with `grid`, the visual tokens of the
+    same pass are kept as a features artifact too (what trained query methods need)."""
+    enc = encode_once(ctx, backbone, gallery, index=True, grid=grid, skip_bad=skip_bad, force=force,
+                      batch_size=batch_size)
+    art = enc.index
+    assert art is not None
+    return IndexResult(art, art.ref in enc.built, enc.skipped, dict(art.manifest.get("timings_s", {})))
 
 
 def find_index(ctx: Context, spec: ModelSpec | None, ref: str | None = None) -> Artifact:

@@ -15,7 +15,7 @@ from zscir_cli.core.device import autocast, resolve_device, seed_everything
 from zscir_cli.core.errors import UserError
 from zscir_cli.core.jsonutil import file_sha256
 from zscir_cli.core.progress import NULL_REPORTER
-from zscir_cli.data.images import DatasetGallery, Gallery, load_rgb
+from zscir_cli.data.images import DatasetGallery, FilesGallery, Gallery
 from zscir_cli.data.synth import normalise
 from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
 from zscir_cli.model.backbone import ModelSpec, load_backbone
@@ -81,15 +81,6 @@ class Stage2Net(nn.Module):
                 compose: bool = True) -> torch.Tensor:
         return self.mapper.encode(self.encoder, tokens, v, visual,
                                   extra_hooks=self.adapters.hooks() if compose else None)
-
-
-class _Paths(Gallery):
-    def __init__(self, paths: list[str]):
-        self.ids = paths
-        self.source = {"kind": "paths", "files": len(paths)}
-
-    def image(self, i: int):
-        return load_rgb(self.ids[i])
 
 
 def _rows(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -166,7 +157,7 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
         inputs = [identity(data)]
     else:
         paths = sorted({r[k] for r in trip.rows for k in ("reference", "target")})
-        gallery = _Paths(paths)
+        gallery = FilesGallery(paths)
         cap_raw: dict[str, str] = {}
         for r in trip.rows:
             cap_raw.setdefault(r["reference"], r.get("reference_caption", ""))
