@@ -66,7 +66,7 @@ def test_resume_after_ctrl_c_reaches_the_same_weights(cache, tmp_path, monkeypat
     store = ArtifactStore(other)
     assert store.list("stage1") == []  # no finished run, only the partial one
     partial = list((other / ".partial").iterdir())
-    assert len(partial) == 1 and (partial[0] / "trainable.safetensors").is_file()
+    assert len(partial) == 1 and (partial[0] / "checkpoint.pt").is_file()
     resumed = map_train(_ctx(other), SPEC, Stage1Config(**CFG), resume=True)
     a, b = load_file(str(full.path / "weights.safetensors")), load_file(str(resumed.path / "weights.safetensors"))
     assert a.keys() == b.keys()
@@ -90,7 +90,7 @@ def test_ddp_two_processes_match_one_process(cache, tmp_path):
     shutil.copytree(cache, single)
     args = ["map-train", *TINY, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--dropout", "0",
             "--seed", "1", "--device", "cpu", "--workers", "0", "--json"]
-    r1, r2 = one_and_two_processes(args, single, cache, port=29517)
+    r1, r2 = one_and_two_processes(args, single, cache)
     run1, run2 = single / "stage1" / r1["run"], cache / "stage1" / r2["run"]
     assert losses(run2) == pytest.approx(losses(run1), rel=1e-4)
     assert json.loads((run2 / "manifest.json").read_text())["world_size"] == 2

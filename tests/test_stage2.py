@@ -200,7 +200,7 @@ def test_compose_train_ddp_two_processes_match_one(cli, cache, tmp_path):
     trip, single = _scene_triplets(cli, cache, tmp_path, 64)
     args = ["compose-train", "--triplets", str(trip), *TINY, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
             "--hard-negatives", "2", "--device", "cpu", "--workers", "0", "--json"]
-    r1, r2 = one_and_two_processes(args, single, cache, port=29519)
+    r1, r2 = one_and_two_processes(args, single, cache)
     run1, run2 = single / "stage2" / r1["run"], cache / "stage2" / r2["run"]
     assert losses(run2) == pytest.approx(losses(run1), rel=1e-4)
     w1, w2 = load_file(str(run1 / "adapters.safetensors")), load_file(str(run2 / "adapters.safetensors"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -10,6 +11,12 @@ from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, out
 from zscir_cli.cli.options import CacheDir, Device, Force, Json, Seed
 
+LABELS = {"caption_r1": "caption retrieval R@1 (image->text)",
+          "text_to_image_r1": "image retrieval R@1 (text->image)",
+          "colour_acc": "zero-shot colour accuracy", "shape_acc": "zero-shot shape accuracy",
+          "size_acc": "zero-shot size accuracy", "background_acc": "zero-shot background accuracy",
+          "binding_acc": "colour binding (swapped colours)"}
+
 
 def pretrain(
     data: Annotated[str, typer.Option(help="Prepared shapes data set to train on.")] = "shapes",
@@ -17,36 +24,41 @@ def pretrain(
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 900,
     batch_size: Annotated[int, typer.Option(min=2, help="Image-caption pairs per step.")] = 64,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
+    steps_per_epoch: Annotated[int, typer.Option(
+        min=1, help="Steps between checkpoints (what --resume continues from).")] = 100,
     seed: Seed = 0,
     device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")] = False,
     force: Force = False,
     json_out: Json = False,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Train a small CLIP from scratch on the shapes world (OpenCLIP model classes, ClipLoss)."""
+    """Train a small CLIP from scratch on the shapes world (OpenCLIP model classes, ClipLoss).
+
+    Works under torchrun for data-parallel training:
+    torchrun --nproc_per_node N -m zscir_cli pretrain ...
+    """
     from zscir_cli.pipeline.pretrain import PretrainConfig, backbone_spec
     from zscir_cli.pipeline.pretrain import pretrain as run
 
     ctx = make_context(cache_dir, device)
-    cfg = PretrainConfig(model=model, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    art, trained = run(ctx, cfg, dataset=data, force=force)
+    cfg = PretrainConfig(model=model, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                         steps_per_epoch=steps_per_epoch)
+    art, built = run(ctx, cfg, dataset=data, force=force, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     report = art.manifest["eval"]
     spec = backbone_spec(art)
     if json_out:
-        print_json({"key": art.key, "checkpoint": spec.pretrained, "trained": trained, **report})
+        print_json({"key": art.key, "checkpoint": spec.pretrained, "built": built, "trained": built, **report})
         return
-    err.print(("trained" if trained else "found in the cache") + f": {spec.pretrained}")
+    err.print(("trained" if built else "found in the cache") + f": {spec.pretrained}")
     from rich.table import Table
 
     table = Table(title=f"{model} on shapes val ({report['val_images']} images)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    labels = {"caption_r1": "caption retrieval R@1 (image->text)",
-              "text_to_image_r1": "image retrieval R@1 (text->image)",
-              "colour_acc": "zero-shot colour accuracy", "shape_acc": "zero-shot shape accuracy",
-              "size_acc": "zero-shot size accuracy", "background_acc": "zero-shot background accuracy",
-              "binding_acc": "colour binding (swapped colours)"}
-    for k, label in labels.items():
+    for k, label in LABELS.items():
         if k in report:
             table.add_row(label, f"{report[k]:.1f}%")
     out.print(table)

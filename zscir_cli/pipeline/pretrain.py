@@ -1,23 +1,25 @@
 """`zscir pretrain`: a small CLIP trained from scratch on the shapes world.
 
-Why a plain loop rather than `open_clip_train`: on this kind of machine (2 CPU cores) the plain
-loop was about 30% faster, needs no webdataset shards, and runs under torchrun on the CPU;
-OpenCLIP's model classes and `ClipLoss` are used as they are, so the result is an ordinary
-OpenCLIP checkpoint.
+Why our loop rather than `open_clip_train`: on this kind of machine (2 CPU cores) it was about
+30% faster, needs no webdataset shards, and runs under torchrun on the CPU; OpenCLIP's model
+classes and `ClipLoss` are used as they are, so the result is an ordinary OpenCLIP checkpoint.
+The loop is the one both stages use (`pipeline/training.py`): per-epoch checkpoints ("epochs"
+of `steps_per_epoch` steps), `--resume`, torchrun, a lock per run.
 
 Images are rendered on the fly from the world's generator (a stream of its own, apart from the
-stored splits), so every step sees new scenes. Half of each batch are same-layout copies of the
-other half with one attribute changed: hard negatives that force the towers to bind colour,
-shape and size rather than layout. Shape changes are drawn more often, since shape is what a
-small tower learns last.
+stored splits), so every step sees new scenes: a batch is a function of the global step. Half of
+each batch are same-layout copies of the other half with one attribute changed: hard negatives
+that force the towers to bind colour, shape and size rather than layout. Shape changes are drawn
+more often, since shape is what a small tower learns last.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
+import tempfile
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +27,12 @@ import torch
 
 from zscir_cli.core.cache import Artifact, identity
 from zscir_cli.core.device import autocast, resolve_device, seed_everything
+from zscir_cli.core.errors import UserError
+from zscir_cli.core.progress import NULL_REPORTER
 from zscir_cli.data import shapes
 from zscir_cli.data.images import DatasetGallery
+from zscir_cli.eval.metrics import recall_at_k
+from zscir_cli.index.search import rank
 from zscir_cli.model.backbone import (
     Backbone,
     ModelSpec,
@@ -38,6 +44,15 @@ from zscir_cli.model.backbone import (
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
 from zscir_cli.pipeline.encode import encode_gallery
+from zscir_cli.pipeline.training import (
+    Dist,
+    TrainSpec,
+    device_for,
+    gather,
+    init_distributed,
+    partial_path,
+    train,
+)
 
 KIND = "backbone"
 WEIGHTS = "open_clip_model.safetensors"
@@ -46,6 +61,7 @@ PRETRAIN_STREAM = 4
 OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 HARD_EDITS = ("shape", "shape", "colour", "size", "background")  # drawn uniformly
+LOG_EVERY = 20  # steps between metrics records
 
 
 @dataclass
@@ -58,19 +74,24 @@ class PretrainConfig:
     warmup: float = 0.08  # fraction of steps with linear warm-up, then cosine decay
     hard_negatives: float = 0.5  # fraction of each batch that are one-attribute edits
     seed: int = 0  # initialisation and batch stream
+    steps_per_epoch: int = 100  # a checkpoint (and a point to --resume from) every this many steps
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.steps / self.steps_per_epoch)
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, int(self.warmup * self.steps))
 
 
 def backbone_spec(artifact: Artifact) -> ModelSpec:
     return ModelSpec(artifact.manifest["config"]["model"], str(artifact.path / WEIGHTS))
 
 
-def find_backbone(ctx: Context) -> Artifact | None:
-    found = ctx.store.list(KIND)
-    return found[0] if found else None
-
-
-def _batch(world: shapes.WorldConfig, cfg: PretrainConfig, step: int, tokenizer,
-           image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(world: shapes.WorldConfig, cfg: PretrainConfig, step: int, tokenizer, image_size: int,
+           rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step `step`'s batch, only its `rows` rendered (a process's share under torchrun)."""
     rng = np.random.default_rng([world.seed, PRETRAIN_STREAM, cfg.seed, step])
     n_hard = int(cfg.batch_size * cfg.hard_negatives)
     n_base = cfg.batch_size - n_hard
@@ -81,12 +102,13 @@ def _batch(world: shapes.WorldConfig, cfg: PretrainConfig, step: int, tokenizer,
         edit = shapes.apply_edit(rng, base, shapes._pick(rng, HARD_EDITS))
         scenes.append(edit.target)  # same cells as `base`: a same-layout near miss
         jitters.append(jitters[j % n_base])
+    # every caption is drawn (the stream stays the same), only our rows are rendered
+    captions = [shapes.caption(s, int(rng.integers(len(shapes.CAPTION_TEMPLATES)))) for s in scenes]
     pixels = np.stack([np.asarray(shapes.render(s, image_size, np.random.default_rng(jt)))
-                       for s, jt in zip(scenes, jitters)])
+                       for s, jt in zip(scenes[rows], jitters[rows])])
     images = torch.from_numpy(((pixels.astype(np.float32) / 255.0 - OPENAI_MEAN) / OPENAI_STD)
                               .transpose(0, 3, 1, 2).copy())
-    captions = [shapes.caption(s, int(rng.integers(len(shapes.CAPTION_TEMPLATES)))) for s in scenes]
-    return images, tokenizer(captions)
+    return images, tokenizer(captions[rows])
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -108,83 +130,124 @@ def _optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optim
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    warm = max(1, int(cfg.warmup * cfg.steps))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+def shapes_world(data: Artifact) -> shapes.WorldConfig:
+    """The world a prepared data set was generated from; only the shapes world can be rendered."""
+    config = data.manifest.get("config", {})
+    if "generator" not in config:
+        raise UserError(f"zscir pretrain needs the shapes world, and data set '{data.manifest.get('name', data.key)}' "
+                        "is not one (pretraining renders new scenes of the world at every step).",
+                        "Prepare one with 'zscir prepare shapes' and pass its name (default: shapes); "
+                        "for your own images, use a pretrained backbone (--model/--pretrained) with map-train.")
+    return shapes.WorldConfig(**{k: v for k, v in config.items() if k in shapes.WorldConfig.__dataclass_fields__})
 
 
-def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes",
-             force: bool = False) -> tuple[Artifact, bool]:
-    """Train (or find in the cache) the base CLIP; returns (artifact, trained_now)."""
-    import open_clip
-    from safetensors.torch import save_file
-
+def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes", force: bool = False,
+             resume: bool = False, stop_after_epoch: int | None = None) -> tuple[Artifact, bool]:
+    """Train (or find in the cache) the base CLIP; returns (artifact, built_now). With
+    `stop_after_epoch`, the artifact is None when the run stopped there."""
     register_configs()
     data = find_dataset(ctx, dataset)
+    world = shapes_world(data)
     config = asdict(cfg)
     key = ctx.store.key_for(KIND, config, [identity(data)])
     found = ctx.store.get(KIND, key)
     if found is not None and not force:
         return found, False
-    ctx.store.ensure_writable()
-    arch = model_config(cfg.model)
-    if arch is None:
+    if model_config(cfg.model) is None:
         check_spec(ModelSpec(cfg.model))  # raises the 'unknown model' error with choices
-    world = shapes.WorldConfig(**{k: v for k, v in data.manifest["config"].items()
-                                  if k in shapes.WorldConfig.__dataclass_fields__})
+    ctx.store.ensure_writable()
     device = resolve_device(ctx.device)
+    d = init_distributed(device)
+    device = device_for(d, device)
+    if not d.main:  # one progress display: rank 0's
+        ctx = replace(ctx, reporter=NULL_REPORTER)
+    if force and d.main:
+        _clear(ctx, key)
+    return _train(ctx, cfg, world, data, key, device, d, resume, stop_after_epoch)  # type: ignore[return-value]
+
+
+def _clear(ctx: Context, key: str) -> None:
+    """--force: the old artifact and any interrupted run of it go, under the run's lock."""
+    import shutil
+
+    with ctx.store.lock(KIND, key, on_wait=ctx.reporter.info):
+        old = ctx.store.get(KIND, key)
+        if old is not None:
+            ctx.store.remove(old)
+        shutil.rmtree(partial_path(ctx.store.root, KIND, key), ignore_errors=True)
+
+
+def _train(ctx: Context, cfg: PretrainConfig, world: shapes.WorldConfig, data: Artifact, key: str,
+           device: torch.device, d: Dist, resume: bool,
+           stop_after_epoch: int | None) -> tuple[Artifact | None, bool]:
+    import open_clip
+    from safetensors.torch import save_file
+
     seed_everything(cfg.seed)
     model = open_clip.create_model(cfg.model, pretrained=None, device=device, output_dict=True)
     tokenizer = open_clip.get_tokenizer(cfg.model)
-    image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple)
-                     else model.visual.image_size)
+    size = model.visual.image_size
+    image_size = int(size[0] if isinstance(size, tuple) else size)
     channels_last = device.type == "cpu"  # oneDNN convolutions run ~1.4x faster in NHWC
     if channels_last:
         model.visual.to(memory_format=torch.channels_last)
     loss_fn = open_clip.ClipLoss()
-    opt = _optimizer(model, cfg)
-    model.train()
-    log: list[dict[str, Any]] = []
-    t0 = time.time()
-    with ctx.reporter.task(f"pretraining {cfg.model}", total=cfg.steps) as task:
-        for step in range(cfg.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            images, tokens = _batch(world, cfg, step, tokenizer, image_size)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                out = model(images.to(device), tokens.to(device))
-                loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            if step % 20 == 0 or step == cfg.steps - 1:
-                log.append({"step": step, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"],
-                            "elapsed_s": round(time.time() - t0, 2)})
-            task.advance(1, loss=loss.item())
-    train_seconds = time.time() - t0
-    model.eval()
-    with ctx.store.create(KIND, key, config=config, inputs=[identity(data)], seed=cfg.seed,
-                          description=f"{cfg.model} trained {cfg.steps} steps on shapes "
-                                      f"(seed {cfg.seed})") as out:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(out.path / WEIGHTS))
-        (out.path / CONFIG).write_text(json.dumps({"model_cfg": arch, "preprocess_cfg": {}}, indent=2))
-        (out.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-        spec = ModelSpec(cfg.model, str(out.path / WEIGHTS))
-        backbone = load_backbone(spec, device=device)
-        report = evaluate_backbone(ctx, backbone, data)
-        report["train_seconds"] = round(train_seconds, 1)
-        (out.path / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-        out.manifest["eval"] = report
-        out.manifest["model"] = {"name": cfg.model, "weights": WEIGHTS}
-    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
+    local = cfg.batch_size // d.world
+    mine = slice(d.rank * local, (d.rank + 1) * local)
+
+    def step_fn(net: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], _step: int):
+        images, tokens = batch
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            out = net(images.to(device), tokens.to(device))
+            # the whole global batch's features: N processes compute one process's loss
+            loss = loss_fn(gather(out["image_features"], d), gather(out["text_features"], d), out["logit_scale"])
+        return loss, {}
+
+    def clamp(net: torch.nn.Module) -> None:
+        with torch.no_grad():
+            net.logit_scale.clamp_(0, math.log(100))
+
+    def state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+    report: dict[str, Any] = {}
+    built: list[bool] = []  # set when this process completes the run (not when another did)
+
+    def conclude(net: torch.nn.Module, records: list[dict[str, Any]]) -> dict[str, Any]:
+        built.append(True)
+        report.update(_evaluate_weights(ctx, cfg.model, state(net), data, device))
+        report["train_seconds"] = round(records[-1]["elapsed_s"] if records else 0.0, 1)
+        return {"eval": report, "model": {"name": cfg.model, "weights": WEIGHTS}}
+
+    def finalize(folder: Path) -> None:
+        save_file(state(model), str(folder / WEIGHTS))
+        (folder / CONFIG).write_text(json.dumps({"model_cfg": model_config(cfg.model), "preprocess_cfg": {}},
+                                                indent=2))
+        (folder / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    spec = TrainSpec(kind=KIND, key=key, config=asdict(cfg), inputs=[identity(data)], seed=cfg.seed, model=None,
+                     description=f"{cfg.model} trained {cfg.steps} steps on shapes (seed {cfg.seed})",
+                     n_items=cfg.steps * cfg.batch_size, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                     lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                     steps_per_epoch=cfg.steps_per_epoch, total_steps=cfg.steps, log_every=LOG_EVERY)
+    art = train(ctx, spec, model, device=device, d=d, step_fn=step_fn, finalize=finalize, resume=resume,
+                stop_after_epoch=stop_after_epoch, conclude=conclude, after_step=clamp,
+                optimizer=lambda net: _optimizer(net, cfg),
+                batches=lambda g: (_batch(world, cfg, g, tokenizer, image_size, mine), g))
+    return art, bool(built) or (art is not None and not d.main)
+
+
+def _evaluate_weights(ctx: Context, name: str, weights: dict[str, torch.Tensor], data: Artifact,
+                      device: torch.device) -> dict[str, Any]:
+    """Evaluate trained weights as `--pretrained FILE` would load them (a fresh fp32 model)."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(dir=ctx.store.root / ".tmp", prefix="backbone-eval-") as tmp:
+        path = Path(tmp) / WEIGHTS
+        save_file(weights, str(path))
+        return evaluate_backbone(ctx, load_backbone(ModelSpec(name, str(path)), device=device), data)
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -221,10 +284,12 @@ def evaluate_backbone(ctx: Context, backbone: Backbone, data: Artifact, limit: i
     img = torch.from_numpy(enc.features)
     captions = list(val["caption"])
     txt = torch.cat([backbone.encode_texts(captions[i:i + 256]).cpu() for i in range(0, len(captions), 256)])
-    best = (img @ txt.T).argmax(dim=1).tolist()
-    i2t = float(np.mean([captions[b] == captions[i] for i, b in enumerate(best)])) * 100
-    best_t = (txt @ img.T).argmax(dim=1).tolist()
-    t2i = float(np.mean([captions[b] == captions[i] for i, b in enumerate(best_t)])) * 100
+    rows_of: dict[str, set[int]] = {}
+    for i, c in enumerate(captions):
+        rows_of.setdefault(c, set()).add(i)
+    same_caption = [rows_of[c] for c in captions]  # an image and a caption match when the captions are equal
+    i2t = recall_at_k(rank(txt.numpy(), img.numpy(), 1)[0], same_caption, 1)
+    t2i = recall_at_k(rank(img.numpy(), txt.numpy(), 1)[0], same_caption, 1)
     scenes = [shapes.Scene.from_json(s) for s in val["scene"]]
     probes = [_swap_probes(scene) for scene in scenes]
     # encode every distinct probe caption once, in large batches
