@@ -1,25 +1,18 @@
 """The one training loop: `zscir pretrain`, Stage I and Stage II all run through `train`.
 
-A run in progress lives in `<cache>/.partial/<kind>-<key>/`: `run.json` (what the run is) and,
-after every epoch, ONE checkpoint file holding the trainable weights, the optimiser and RNG
-states and the metrics so far. It is written to a temporary name of its own, fsync'd, then
-renamed over the previous one, so a crash at any instant leaves either the old epoch or the new
-one, never a mix. Ctrl-C (or a kill) keeps the last complete epoch for `--resume`; a finished run
-becomes an ordinary artifact and the partial folder is removed. Rank 0 holds the run's lock
-(the artifact's kind and key) for the whole run, so two identical commands never both train.
-
-Determinism: batches are a function of the global step (by default a permutation of the items
-per (seed, epoch)) and the torch RNG state (dropout) is saved with each checkpoint, so on the CPU
-a resumed run reaches the same weights as an uninterrupted one.
-
-Data parallel: under `torchrun`, each of the N processes takes its slice of every global batch;
-losses gather the features of the whole batch (with gradients), so the loss is that of one
-process with the same global batch. Only rank 0 writes anything.
+A run in progress lives in `<cache>/.partial/<kind>-<key>/`: `run.json` and, after every epoch,
+ONE checkpoint (trainable weights, optimiser and RNG states, metrics so far) written to a name of
+its own, fsync'd, then renamed over the last one: a crash at any instant leaves one whole epoch.
+Rank 0 holds the run's lock (kind, key) throughout, so two identical commands never both train.
+Batches are a function of the global step and the RNG state is checkpointed, so a resumed run
+reaches an uninterrupted run's weights. Under torchrun each process takes its slice of every
+global batch and the losses gather the whole batch, so N processes follow one process's loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -64,10 +57,9 @@ class Dist:
 
     def share(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (a decision only rank 0 may take)."""
-        if self.world == 1:
-            return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        if self.world > 1:
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
 
@@ -96,8 +88,6 @@ def gather(x: torch.Tensor, d: Dist) -> torch.Tensor:
 
     return torch.cat(dnn.all_gather(x), dim=0)
 
-
-# -- runs --------------------------------------------------------------------------------------
 
 @dataclass
 class TrainSpec:
@@ -158,13 +148,9 @@ def partial_path(root: Path, kind: str, key: str) -> Path:
     return Path(root) / PARTIAL / f"{kind}-{key}"
 
 
-def _temp_name(path: Path) -> Path:
-    # pid + uuid: two processes (or a killed one's leftover) never share a temporary file
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.incomplete")
-
-
 def _replace_durably(write: Callable[[Any], None], path: Path, kill_point: str | None = None) -> None:
-    tmp = _temp_name(path)
+    # pid + uuid: two processes (or a killed one's leftover) never share a temporary file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.incomplete")
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -176,12 +162,10 @@ def _replace_durably(write: Callable[[Any], None], path: Path, kill_point: str |
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+    with contextlib.suppress(OSError):  # so that the rename itself survives a power cut
         fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fsync(fd)
+        os.close(fd)
 
 
 def save_checkpoint(state: dict[str, Any], folder: Path) -> None:
@@ -191,9 +175,7 @@ def save_checkpoint(state: dict[str, Any], folder: Path) -> None:
 
 def load_checkpoint(folder: Path) -> dict[str, Any] | None:
     path = folder / CHECKPOINT
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -201,50 +183,37 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     records = []
     for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         with contextlib.suppress(ValueError):
-            rec = json.loads(line)
-            if isinstance(rec, dict):
-                records.append(rec)
-    return records
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
+            records.append(json.loads(line))
+    return [r for r in records if isinstance(r, dict)]
 
 
 def interrupted_runs(root: Path) -> list[dict[str, Any]]:
     """Every run folder under `<root>/.partial/`, with the epoch its checkpoint reached (0: none)."""
     base = Path(root) / PARTIAL
     out = []
-    for p in sorted(base.iterdir()) if base.is_dir() else []:
-        if not p.is_dir():
-            continue
-        info = _read_json(p / RUN)
+    for p in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
         kind, _, key = p.name.partition("-")
-        try:
-            ck = torch.load(p / CHECKPOINT, map_location="cpu", weights_only=True, mmap=True) \
-                if (p / CHECKPOINT).is_file() else None
-        except Exception:  # noqa: BLE001 - an unreadable checkpoint counts as no epoch
-            ck = None
-        out.append({"kind": info.get("kind", kind), "key": info.get("key", key), "path": p,
-                    "epoch": int(ck["epoch"]) if ck else 0, "epochs": info.get("epochs"),
-                    "config": info.get("config", {}), "description": info.get("description", "")})
+        info: dict[str, Any] = {"kind": kind, "key": key, "path": p, "epoch": 0, "epochs": None,
+                                "config": {}, "description": ""}
+        with contextlib.suppress(OSError, ValueError, TypeError):  # no run.json yet: what the name says
+            info.update({k: v for k, v in json.loads((p / RUN).read_text()).items() if k != "path"})
+        with contextlib.suppress(Exception):  # no checkpoint, or an unreadable one: epoch 0
+            info["epoch"] = int(torch.load(p / CHECKPOINT, map_location="cpu", weights_only=True,
+                                           mmap=True)["epoch"])
+        out.append(info)
     return out
 
 
 def _describe_difference(want: dict[str, Any], have: dict[str, Any]) -> str:
     diffs = [f"{k}={have.get(k)!r} (now {want.get(k)!r})" for k in sorted(set(want) | set(have))
              if want.get(k) != have.get(k)]
-    return ", ".join(diffs[:6]) or "its inputs (data, features or library versions)"
+    return ", ".join(diffs[:6]) or "its inputs (data, features or library versions)"  # never empty
 
 
 def _no_run_to_resume(ctx: Context, spec: TrainSpec) -> tuple[str, str]:
     others = [r for r in interrupted_runs(ctx.store.root) if r["kind"] == spec.kind and r["key"] != spec.key]
-    hint = ("; an interrupted run differs in " + "; ".join(
-        _describe_difference(spec.config, r["config"]) for r in others[:3])) if others else ""
+    hint = "".join(f"; an interrupted run differs in {_describe_difference(spec.config, r['config'])}"
+                   for r in others[:3])
     return (f"No interrupted {spec.kind} run with these settings to resume{hint}.",
             "Run the same command as the interrupted run plus --resume, or drop --resume.")
 
@@ -272,60 +241,47 @@ def _open_partial(ctx: Context, spec: TrainSpec, folder: Path, resume: bool) -> 
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.incomplete"):  # a killed writer's leftovers; we hold the lock
         stale.unlink(missing_ok=True)
-    run = {"kind": spec.kind, "key": spec.key, "epochs": spec.epochs, "description": spec.description,
-           "config": spec.config}
-    _replace_durably(lambda f: f.write(json.dumps(run, indent=2, default=str).encode()), folder / RUN)
+    run = {"kind": spec.kind, "key": spec.key, "epochs": spec.epochs, "description": spec.description}
+    _replace_durably(lambda f: f.write(json.dumps({**run, "config": spec.config}, default=str).encode()), folder / RUN)
     return None
 
 
 # -- the loop ----------------------------------------------------------------------------------
 
-StepFn = Callable[[nn.Module, Any, Any], tuple[torch.Tensor, dict[str, float]]]
-
-
-class Shuffled:
+def shuffled(spec: TrainSpec, d: Dist) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
     """Index batches: a permutation of the items per (seed, epoch); each rank takes its slice."""
+    local, size = spec.batch_size // d.world, spec.batch_size
 
-    def __init__(self, spec: TrainSpec, d: Dist):
-        self.spec, self.d = spec, d
-        self.local = spec.batch_size // d.world
-        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+    @functools.lru_cache(maxsize=1)
+    def order(epoch: int) -> torch.Tensor:
+        return torch.randperm(spec.n_items, generator=torch.Generator().manual_seed(spec.seed * 100003 + epoch))
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, i = divmod(step, self.spec.epoch_steps)
-        if epoch != self._epoch:
-            self._epoch = epoch
-            self._order = torch.randperm(self.spec.n_items, generator=torch.Generator().manual_seed(
-                self.spec.seed * 100003 + epoch))
-        batch = self._order[i * self.spec.batch_size:(i + 1) * self.spec.batch_size]
-        return batch[self.d.rank * self.local:(self.d.rank + 1) * self.local], batch
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = divmod(step, spec.epoch_steps)
+        batch = order(epoch)[i * size:(i + 1) * size]
+        return batch[d.rank * local:(d.rank + 1) * local], batch
+    return batches
 
 
 @dataclass
 class Hooks:
-    step_fn: StepFn  # (model, local part, global batch) -> (loss, logs)
+    step_fn: Callable[[nn.Module, Any, Any], tuple[torch.Tensor, dict[str, float]]]  # -> (loss, logs)
     batches: Callable[[int], tuple[Any, Any]] | None = None  # global step -> (local part, global batch)
     optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None  # default: AdamW, one group
     after_step: Callable[[nn.Module], None] | None = None  # after opt.step (e.g. clamp a parameter)
     on_epoch_start: Callable[[nn.Module, int], None] | None = None
     evaluate: Callable[[nn.Module], dict[str, Any]] | None = None  # rank 0, after every epoch
-    conclude: Callable[[nn.Module, list[dict[str, Any]]], dict[str, Any]] | None = None  # rank 0, at the
-    # end, outside the artifact's atomic write: a failure there keeps the completed checkpoint
+    # rank 0, at the end, outside the artifact's atomic write (a failure keeps the last checkpoint):
+    conclude: Callable[[nn.Module, list[dict[str, Any]]], dict[str, Any]] | None = None  # -> manifest fields
     finalize: Callable[[Path], None] | None = None  # writes the artifact's files
 
 
-def train(ctx: Context, spec: TrainSpec, module: nn.Module, *, device: torch.device, d: Dist,
-          step_fn: StepFn, evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
-          on_epoch_start: Callable[[nn.Module, int], None] | None = None,
-          finalize: Callable[[Path], None] | None = None,
-          resume: bool = False, stop_after_epoch: int | None = None, **hooks: Any) -> Artifact | None:
+def train(ctx: Context, spec: TrainSpec, module: nn.Module, *, device: torch.device, d: Dist, resume: bool = False,
+          stop_after_epoch: int | None = None, **hooks: Any) -> Artifact | None:
     """Train `module`'s trainable parameters; returns the finished artifact (None if stopped early).
-
-    step_fn(model, local, batch) -> (loss, logs): the loss of the global batch `batch`, of which
-    this rank holds `local` (by default index tensors from `Shuffled`; `batches=` changes that).
-    Other hooks (see `Hooks`): batches, optimizer, after_step, conclude.
-    """
-    h = Hooks(step_fn=step_fn, evaluate=evaluate, on_epoch_start=on_epoch_start, finalize=finalize, **hooks)
+    hooks: `Hooks`' fields; step_fn(model, local, batch) is the loss of the global batch `batch`, of
+    which this rank holds `local` (index tensors from `shuffled` unless `batches` says otherwise)."""
+    h = Hooks(**hooks)
     if not any(p.requires_grad for p in module.parameters()):
         raise UserError("Nothing to train: every parameter is frozen.", "Check the stage's options.")
     if spec.batch_size % d.world:
@@ -349,19 +305,17 @@ class _Run:
     def __init__(self, ctx: Context, spec: TrainSpec, module: nn.Module, device: torch.device, d: Dist,
                  hooks: Hooks, folder: Path):
         self.ctx, self.spec, self.module, self.d, self.h, self.folder = ctx, spec, module, d, hooks, folder
-        params = [p for p in module.parameters() if p.requires_grad]
-        self.opt = hooks.optimizer(module) if hooks.optimizer else \
-            torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-        self.batches = hooks.batches or Shuffled(spec, d)
-        self.records: list[dict[str, Any]] = []
-        self.start, self.elapsed0 = 0, 0.0
+        self.opt = hooks.optimizer(module) if hooks.optimizer else torch.optim.AdamW(
+            [p for p in module.parameters() if p.requires_grad], lr=spec.lr, weight_decay=spec.weight_decay)
+        self.batches = hooks.batches or shuffled(spec, d)
         state = load_checkpoint(folder)
         if state is not None:
             module.load_state_dict({**module.state_dict(), **state["weights"]})
             self.opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
-            self.start, self.records = int(state["epoch"]), list(state["metrics"])
-            self.elapsed0 = float(state.get("elapsed_s", 0.0))
+        self.start = int(state["epoch"]) if state else 0
+        self.records: list[dict[str, Any]] = list(state["metrics"]) if state else []
+        self.elapsed0 = float(state.get("elapsed_s", 0.0)) if state else 0.0
         self.model = module
         if d.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -418,8 +372,8 @@ class _Run:
         faults.point("train:epoch-end")
 
     def checkpoint(self, epoch: int) -> None:
-        names = {n for n, p in self.module.named_parameters() if p.requires_grad}
-        names |= {n for n, _ in self.module.named_buffers()}
+        names = {n for n, p in self.module.named_parameters() if p.requires_grad} | \
+            {n for n, _ in self.module.named_buffers()}
         weights = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items() if k in names}
         save_checkpoint({"weights": weights, "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
                          "epoch": epoch, "metrics": self.records, "elapsed_s": self.elapsed()}, self.folder)
@@ -436,8 +390,7 @@ class _Run:
             if self.h.finalize is not None:
                 self.h.finalize(out.path)
             (out.path / METRICS).write_text("".join(json.dumps(r) + "\n" for r in self.records))
-            out.manifest.update(spec.extra_manifest)
-            out.manifest.update(extra)
+            out.manifest.update({**spec.extra_manifest, **extra})
             out.manifest["final"] = self.records[-1] if self.records else {}
             out.manifest["train_seconds"] = round(self.elapsed(), 2)
             out.manifest["world_size"] = d.world
