@@ -11,7 +11,8 @@ import pytest
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.data.benchmarks import BenchQuery
-from zscir_cli.pipeline.benchmarks import PreparedSplit, Rankings, metrics_for, open_split
+from zscir_cli.pipeline.bench_files import Rankings, metrics_for
+from zscir_cli.pipeline.benchmarks import PreparedSplit, open_split
 from zscir_cli.pipeline.context import Context
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
@@ -111,7 +112,7 @@ def prepared(cli, trees, tmp_path):
 
 def test_cirr_removes_the_reference_and_fashioniq_keeps_it(prepared):
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.benchmarks import rank_split
+    from zscir_cli.pipeline.evaluate import rank_split
     from zscir_cli.pipeline.methods import QueryMethod
 
     ctx = Context(store=ArtifactStore(prepared), workers=0)
@@ -129,7 +130,7 @@ def test_cirr_removes_the_reference_and_fashioniq_keeps_it(prepared):
 
 def test_fashioniq_encodes_both_caption_orders(prepared, monkeypatch):
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.benchmarks import rank_split
+    from zscir_cli.pipeline.evaluate import rank_split
     from zscir_cli.pipeline.methods import QueryMethod
 
     seen = []
@@ -230,7 +231,7 @@ def test_eval_html_shows_the_worst_queries(cli, prepared, tmp_path):
 
 
 def test_circo_map10_by_semantic_aspect():
-    from zscir_cli.pipeline.benchmarks import aspect_map10
+    from zscir_cli.pipeline.bench_files import aspect_map10
 
     q = [BenchQuery("0", "r", ["t"], ["a", "b"], "a", aspects=["cardinality", "viewpoint"]),
          BenchQuery("1", "r", ["t"], ["c"], "c", aspects=["cardinality"])]

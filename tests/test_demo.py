@@ -30,7 +30,26 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     ev = res["evaluation"]
     assert "scored" not in ev and "image" not in ev  # per-query details stay out of the summary
     assert ev["split"] == "test" and ev["queries"] == 12 and "reference removed" in ev["protocol"]
+    assert "map@10_by_aspect" not in ev  # no empty breakdowns that do not apply
     assert 0 <= res["backbone"]["caption_r1"] <= 100
+
+    # the same gallery under the name it is asked by: eval finds the demo's index and tokens
+    code, out, err = cli("eval", "shapes", "--split", "test", "--model", "zscir-shapes-rn", "--cache-dir", cache,
+                         "--json")
+    assert code == 0, err
+    assert sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json")) == kinds  # nothing built
+    again = json.loads(out)
+    assert again["index"] == res["index"] and again["results"] == ev["results"] and again["runs"] == ev["runs"]
+    index = json.loads((cache / "index" / res["index"] / "manifest.json").read_text())
+    assert set(index["timings_s"]) == {"read_decode", "encode", "write"}
+
+
+def test_demo_checks_its_html_path_before_any_work(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = cli("demo", "--quick", "--cache-dir", tmp_path / "cache", "--html", blocker / "sub" / "d.html")
+    assert code == 2 and "Cannot write to" in err
+    assert not (tmp_path / "cache").exists()  # failed before preparing anything
 
 
 def test_prepare_and_pretrain_commands(cli, tmp_path):

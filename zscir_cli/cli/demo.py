@@ -28,8 +28,10 @@ def demo(
     from dataclasses import replace
 
     from zscir_cli.pipeline.demo import DemoConfig, run_demo
+    from zscir_cli.pipeline.report import check_output
 
     start = time.time()
+    html = check_output(html)  # a bad path fails now, not after minutes of training
     ctx = make_context(cache_dir, device)
     cfg = DemoConfig.quick(seed) if quick else DemoConfig()
     if not quick:
@@ -43,9 +45,7 @@ def demo(
     if json_out:
         print_json({"timings_s": {**{k: round(v, 2) for k, v in res.timings.items()}, "total": round(total, 2)},
                     "backbone": res.backbone_eval, "checkpoint": res.checkpoint, "index": res.index_key,
-                    "evaluation": {**{k: v for k, v in ev.items() if k not in ("results", "scored", "image")},
-                                   "results": {r.method: {**r.metrics, "by_edit_R@1": r.by_edit}
-                                               for r in ev["results"]}},
+                    "evaluation": ev.to_json(),
                     "html": str(html.resolve())})
         return
     from rich.table import Table
@@ -56,12 +56,12 @@ def demo(
     out.print(f"base CLIP ({b['val_images']} val images): caption R@1 {b['caption_r1']:.1f}%, "
               f"colour {b.get('colour_acc', 0):.1f}%, shape {b.get('shape_acc', 0):.1f}%, "
               f"size {b.get('size_acc', 0):.1f}%, colour binding {b.get('binding_acc', 0):.1f}%")
-    out.print(f"\nshapes CIR, {ev['split']} split: {ev['queries']} queries, gallery {ev['gallery']} "
+    out.print(f"\nshapes CIR, {ev.split} split: {ev.queries} queries, gallery {ev.gallery} "
               "(reference removed; several ground truths per query)", highlight=False)
     table = Table()
     for col in ("method", "R@1", "R@10", "R@50", "mAP@10"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    for r in ev["results"]:
+    for r in ev.results:
         table.add_row(r.method, *(f"{r.metrics[m]:.1f}" for m in ("R@1", "R@10", "R@50", "mAP@10")))
     out.print(table)
     out.print("These are numbers of the embedded shapes lab (a small CLIP trained here from scratch), "

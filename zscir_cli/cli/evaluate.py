@@ -34,8 +34,10 @@ def evaluate(
     from zscir_cli.core.errors import UserError
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
     from zscir_cli.pipeline.datasets import find_dataset
-    from zscir_cli.pipeline.evaluate import evaluate_shapes
+    from zscir_cli.pipeline.evaluate import evaluate as run_evaluation
+    from zscir_cli.pipeline.evaluate import open_suite
     from zscir_cli.pipeline.methods import TRAINED, available_methods, check_method
+    from zscir_cli.pipeline.report import check_output
 
     ctx = make_context(cache_dir, device)
     name = dataset.split(":")[0]
@@ -50,69 +52,50 @@ def evaluate(
     trained = [m for m in method or [] if m in TRAINED]
     if run and len(trained) != 1:
         raise UserError("--run names the run of one trained method.", "Give exactly one of tscir, stage1, pic2word.")
-    if benchmark:
-        from zscir_cli.pipeline.benchmarks import open_split
-
-        open_split(ctx, name, split)  # a missing preparation or split is reported before any model loads
+    if html is not None:
+        html = check_output(html)
+    # a missing preparation or split, or a split without ground truth, is reported before any model loads
+    suite = open_suite(ctx, name, split)
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
     methods = list(method) if method else available_methods(ctx, backbone)
-    runs = {trained[0]: run} if run else None
-    if benchmark:
-        from zscir_cli.pipeline.benchmarks import evaluate_benchmark
-
-        res = evaluate_benchmark(ctx, backbone, name, split, methods, runs)
-        _worst(res, html, f"{name} {split}")
-        res = {k: v for k, v in res.items() if k not in ("scored", "image")}
-        if json_out:
-            print_json(res)
-            return
-        _print_benchmark(res)
-        return
-    res = evaluate_shapes(ctx, backbone, methods, split=split, dataset=name, runs=runs)
-    _worst(res, html, f"shapes {split}")
+    res, worst = run_evaluation(ctx, backbone, suite, methods, {trained[0]: run} if run else None)
+    if html is not None and worst is not None:
+        worst.write(html, f"zscir eval {name} {split}: the worst queries of {worst.method} ({res.model})")
+        err.print(f"wrote {html}")
     if json_out:
-        print_json({**{k: v for k, v in res.items() if k not in ("results", "scored", "image")},
-                    "results": {r.method: {**r.metrics, "by_edit_R@1": r.by_edit} for r in res["results"]}})
+        print_json(res.to_json())
+        return
+    if benchmark:
+        _print_benchmark(res)
         return
     from rich.table import Table
 
-    err.print(f"{res['protocol']}", highlight=False)
-    out.print(f"{name} CIR, {split} split: {res['queries']} queries, gallery {res['gallery']}, model {res['model']}",
+    err.print(f"{res.protocol}", highlight=False)
+    out.print(f"{name} CIR, {split} split: {res.queries} queries, gallery {res.gallery}, model {res.model}",
               highlight=False)
     table = Table()
     for col in ("method", "run", "R@1", "R@10", "R@50", "mAP@10"):
         table.add_column(col, justify="left" if col in ("method", "run") else "right")
-    for r in res["results"]:
-        table.add_row(r.method, res["runs"].get(r.method, "-"),
-                      *(f"{r.metrics[m]:.1f}" for m in ("R@1", "R@10", "R@50", "mAP@10")))
+    for r in res.results:
+        table.add_row(r.method, r.run or "-", *(f"{r.metrics[m]:.1f}" for m in ("R@1", "R@10", "R@50", "mAP@10")))
     out.print(table)
 
 
-def _worst(res: dict, html: Path | None, where: str) -> None:
-    if html is None:
-        return
-    from zscir_cli.pipeline.report import write_worst
-
-    first = next(iter(res["results"])) if isinstance(res["results"], dict) else res["results"][0].method
-    write_worst(html, f"zscir eval {where}: the worst queries of {first} ({res['model']})", res["scored"], res["image"])
-    err.print(f"wrote {html}")
-
-
-def _print_benchmark(res: dict) -> None:
+def _print_benchmark(res) -> None:
     from rich.table import Table
 
-    err.print(res["protocol"], highlight=False)
-    out.print(f"{res['dataset']} {res['split']}: {res['queries']} queries ({res['excluded_queries']} excluded for "
-              f"missing images), model {res['model']}", highlight=False)
-    keys = list(next(iter(res["results"].values())))
+    err.print(res.protocol, highlight=False)
+    out.print(f"{res.dataset} {res.split}: {res.queries} queries ({res.excluded_queries} excluded for "
+              f"missing images), model {res.model}", highlight=False)
+    keys = list(res.results[0].metrics)
     table = Table()
     table.add_column("method")
     for k in keys:
         table.add_column(k, justify="right")
-    for m, metrics in res["results"].items():
-        table.add_row(m, *(f"{metrics[k]:.2f}" for k in keys))
+    for r in res.results:
+        table.add_row(r.method, *(f"{r.metrics[k]:.2f}" for k in keys))
     out.print(table)
-    aspects = res.get("map@10_by_aspect") or {}
+    aspects = {r.method: r.groups["map@10_by_aspect"] for r in res.results if "map@10_by_aspect" in r.groups}
     if aspects:
         names = sorted({a for per in aspects.values() for a in per})
         per_aspect = Table(title="mAP@10 by semantic aspect", title_justify="left")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from zscir_cli.cli.common import make_context, print_json
-from zscir_cli.cli.console import err, out
+from zscir_cli.cli.console import err, out, warn
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
 
 
@@ -28,8 +28,11 @@ def submit(
     from zscir_cli.core.errors import UserError
     from zscir_cli.data.benchmarks import SPLITS
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
-    from zscir_cli.pipeline.benchmarks import open_split, rank_split, read_predictions, submission
+    from zscir_cli.pipeline.bench_files import read_predictions, submission
+    from zscir_cli.pipeline.benchmarks import open_split
+    from zscir_cli.pipeline.evaluate import rank_split
     from zscir_cli.pipeline.methods import check_method, load_method
+    from zscir_cli.pipeline.report import check_output_dir
 
     if dataset not in SPLITS:
         raise UserError(f"No submission format for '{dataset}'.", "Choose cirr, circo or fashioniq.")
@@ -37,9 +40,9 @@ def submit(
     ctx = make_context(cache_dir, device)
     split = split or SPLITS[dataset][-1]
     data = open_split(ctx, dataset, split)
+    out_dir = check_output_dir(out_dir)  # before any encoding
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
     files = submission(data, rank_split(ctx, backbone, load_method(ctx, method, backbone, run), data))
-    out_dir.mkdir(parents=True, exist_ok=True)
     tmp_paths = []
     for kind, obj in files.items():
         tmp = out_dir / f".{dataset}_{split}_{method}_{kind}.json.incomplete"
@@ -57,8 +60,8 @@ def submit(
         tmp.replace(final)
         typer.echo(str(final))
     if data.excluded:
-        err.print(f"[yellow]{data.excluded} queries were excluded for missing images[/]: the server will count "
-                  "them as failures")
+        warn(f"{data.excluded} queries were excluded for missing images: the server will count "
+             "them as failures")
 
 
 def score(
@@ -73,7 +76,8 @@ def score(
     """Score prediction files offline, as the test server would, against a split with ground truth."""
     from zscir_cli.core.errors import UserError
     from zscir_cli.data.benchmarks import SPLITS
-    from zscir_cli.pipeline.benchmarks import open_split, score_files, split_from_root
+    from zscir_cli.pipeline.bench_files import score_files
+    from zscir_cli.pipeline.benchmarks import open_split, split_from_root
 
     if dataset not in SPLITS:
         raise UserError(f"Unknown benchmark '{dataset}'.", "Choose fashioniq, cirr or circo.")

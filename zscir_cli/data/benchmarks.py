@@ -48,6 +48,7 @@ class BenchQuery:
     group: str = ""  # FashionIQ category
     subset: list[str] = field(default_factory=list)  # CIRR img_set members
     aspects: list[str] = field(default_factory=list)  # CIRCO semantic aspects
+    edit: str = ""  # shapes: the edit type
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,7 +11,7 @@ from zscir_cli.data.shapes import WorldConfig
 from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import load_split, prepare_shapes, resolve_gallery
-from zscir_cli.pipeline.evaluate import evaluate_shapes
+from zscir_cli.pipeline.evaluate import Evaluation, evaluate, shapes_suite
 from zscir_cli.pipeline.indexing import index_gallery
 from zscir_cli.pipeline.methods import available_methods, load_method
 from zscir_cli.pipeline.pretrain import PretrainConfig, backbone_spec, pretrain
@@ -62,7 +62,7 @@ class DemoResult:
     timings: dict[str, float]
     backbone_eval: dict[str, Any]
     examples: list[QueryResult]
-    evaluation: dict[str, Any]
+    evaluation: Evaluation
     index_key: str
     checkpoint: str
 
@@ -96,12 +96,15 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
 
     t = time.time()
     ctx.reporter.info("5/7 indexing the test gallery")
-    index = index_gallery(ctx, backbone, resolve_gallery(ctx, f"{data.key}:test")).artifact
+    methods = available_methods(ctx, backbone)
+    method = load_method(ctx, methods[-1], backbone)  # the most complete method trained
+    # the visual tokens the trained methods need (one grid: theirs is Stage I's) come from the
+    # index's pass, so the evaluation below encodes nothing again
+    grid = method.grid if method.needs_tokens else None
+    index = index_gallery(ctx, backbone, resolve_gallery(ctx, f"{data.key}:test"), grid=grid).artifact
     timings["index"] = time.time() - t
 
     t = time.time()
-    methods = available_methods(ctx, backbone)
-    method = load_method(ctx, methods[-1], backbone)  # the most complete method trained
     ctx.reporter.info(f"6/7 example queries (method {method.name})")
     queries = load_split(data, "cir", "test")
     examples, seen = [], set()
@@ -119,7 +122,7 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
 
     t = time.time()
     ctx.reporter.info("7/7 evaluating every method on the shapes test split")
-    evaluation = evaluate_shapes(ctx, backbone, methods, split="test", dataset=data.key)
+    evaluation, _ = evaluate(ctx, backbone, shapes_suite(ctx, data.key, "test"), methods)
     timings["evaluate"] = time.time() - t
     return DemoResult(timings, backbone_art.manifest["eval"], examples, evaluation, index.key,
                       str(backbone_spec(backbone_art).pretrained))

@@ -1,9 +1,12 @@
-"""Evaluation on the shapes composed-retrieval benchmark.
+"""The one evaluator: shapes, FashionIQ, CIRR and CIRCO, ranked by one function, scored by one
+set of metrics, returned as typed results (the CLI only formats them).
 
-Protocol (ours, documented in the README): rank the whole split gallery with the reference
-image removed (as CIRR); a gallery image is a ground truth when its scene equals the target
-scene up to position, so a query may have several (as CIRCO). R@K counts a query as solved
-when any ground truth is in the top K; mAP@K is CIRCO's AP@K averaged over queries.
+A `Suite` is one split to evaluate: its queries, its galleries (FashionIQ has one per category)
+and its protocol's rules. `rank_split` ranks a suite with a query method; every benchmark's
+metrics and submission files are built on its `Rankings`.
+
+Shapes protocol (ours, in the README): the whole split gallery ranked with the reference removed
+(as CIRR); every gallery scene equal to the target up to position is a ground truth (as CIRCO).
 """
 
 from __future__ import annotations
@@ -14,75 +17,253 @@ from typing import Any
 
 import numpy as np
 
+from zscir_cli.data.benchmarks import BenchQuery
+from zscir_cli.data.images import Gallery, load_rgb
 from zscir_cli.eval.metrics import map_at_k, recall_at_k
 from zscir_cli.index import search
 from zscir_cli.model.backbone import Backbone
+from zscir_cli.pipeline.bench_files import (
+    Rankings,
+    as_rows,
+    aspect_map10,
+    check_scorable,
+    metrics_for,
+)
+from zscir_cli.pipeline.benchmarks import PROTOCOLS, PreparedSplit, open_split
 from zscir_cli.pipeline.context import Context
-from zscir_cli.pipeline.datasets import find_dataset, load_split, resolve_gallery
-from zscir_cli.pipeline.features import cached_features
-from zscir_cli.pipeline.indexing import index_gallery
-from zscir_cli.pipeline.methods import load_method
-from zscir_cli.pipeline.report import Scored
+from zscir_cli.pipeline.features import FeatureSet, cached_features
+from zscir_cli.pipeline.galleries import encode_once
+from zscir_cli.pipeline.methods import QueryMethod, load_method
+from zscir_cli.pipeline.report import Scored, WorstQueries
 
-RANK_DEPTH = 50
-PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground truth = gallery scenes "
-            "equal to the target up to position; R@K = any ground truth in the top K; "
-            "mAP@K as CIRCO")
+DEPTH = 50  # every protocol needs at most the top 50
+# Above this many images, the visual tokens of the references alone are stored, not the whole
+# gallery's (CIRCO: 123k images x 17 tokens would take gigabytes for a few hundred references).
+MAX_TOKEN_GALLERY = 20_000
+SHAPES_PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground truth = gallery scenes "
+                   "equal to the target up to position; R@K = any ground truth in the top K; "
+                   "mAP@K as CIRCO")
+PROMPTS = {"shapes": "a photo of $ that {modification} (pic2word, stage1, tscir); the text alone (text, sum)",
+           "benchmark": "a photo of $ that {caption} (pseudo-word methods); the caption alone (text, sum)"}
+NESTED_GROUPS = ("by_edit_R@1",)  # breakdowns shown inside each method's results (the rest: top level)
+
+
+class PathGallery(Gallery):
+    """Images of a prepared benchmark, by id; identified by the prepared artifact, part and split
+    (and the ids, when it is a subset)."""
+
+    def __init__(self, ids: list[str], paths: dict[str, str], source: dict[str, Any]):
+        self.ids, self.paths, self.source = ids, paths, source
+
+    def image(self, i: int):
+        return load_rgb(self.paths[self.ids[i]])
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self.source)
+
+
+@dataclass
+class Suite:
+    name: str  # shapes | fashioniq | cirr | circo
+    split: str
+    dataset_key: str
+    queries: list[BenchQuery]
+    galleries: dict[str, Gallery]  # group -> gallery
+    remove_reference: bool
+    excluded: int = 0  # queries left out for missing images
+    references: dict[str, str] = field(default_factory=dict)  # image id -> file, for images outside a gallery
+    _where: dict[str, tuple[str, int]] | None = field(default=None, repr=False)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return bool(self.queries) and all(q.targets for q in self.queries)
+
+    def image(self, item: str):
+        """An image by id, for the worst-queries page."""
+        if self._where is None:
+            self._where = {x: (g, i) for g, gal in self.galleries.items() for i, x in enumerate(gal.ids)}
+        if item in self._where:
+            group, row = self._where[item]
+            return self.galleries[group].image(row)
+        return load_rgb(self.references[item])
+
+
+def shapes_suite(ctx: Context, dataset: str, split: str) -> Suite:
+    from zscir_cli.pipeline.datasets import find_dataset, load_split, resolve_gallery
+
+    art = find_dataset(ctx, dataset)
+    rows = load_split(art, "cir", split)
+    queries = [BenchQuery(str(qid), ref, [text], list(gt), edit=edit) for qid, ref, text, gt, edit in
+               zip(rows["query_id"], rows["reference_id"], rows["modification"], rows["ground_truth"],
+                   rows["edit_type"])]
+    return Suite("shapes", split, art.key, queries, {"": resolve_gallery(ctx, f"{art.key}:{split}")}, True)
+
+
+def benchmark_suite(data: PreparedSplit) -> Suite:
+    key = data.artifact.key if data.artifact is not None else ""
+    galleries: dict[str, Gallery] = {
+        g: PathGallery(ids, data.images, {"kind": "dataset", "dataset": key, "part": f"gallery/{g}" if g else "gallery",
+                                          "split": data.split, "name": data.name, "count": len(ids)})
+        for g, ids in data.galleries.items()}
+    return Suite(data.name, data.split, key, data.queries, galleries, data.name == "cirr", data.excluded,
+                 data.images)
+
+
+def _reference_features(ctx: Context, backbone: Backbone, suite: Suite, group: str, refs: list[str],
+                        gal_row: dict[str, int], gal_feats: np.ndarray, tokens: FeatureSet | None,
+                        grid: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(Q, D) global features of the references, taken from the gallery's index when they are in
+    it, and their (Q, M, D) visual tokens when `grid` is given."""
+    apart = sorted({r for r in refs if r not in gal_row or (grid is not None and tokens is None)})
+    own = None
+    if apart:  # references outside the gallery, or tokens of the references alone
+        own = cached_features(ctx, backbone, PathGallery(apart, suite.references, {
+            "kind": "dataset", "dataset": suite.dataset_key, "part": f"references/{group}", "split": suite.split,
+            "ids": _digest(apart)}), grid=grid or 4)
+    own_row = {r: i for i, r in enumerate(own.ids)} if own is not None else {}
+    v = np.stack([np.asarray(gal_feats[gal_row[r]] if r in gal_row else own.image[own_row[r]],  # type: ignore[union-attr]
+                             dtype=np.float32) for r in refs]) if refs else np.zeros((0, gal_feats.shape[1]), np.float32)
+    if grid is None:
+        return v, None
+    if tokens is not None:
+        row = {g: i for i, g in enumerate(tokens.ids)}
+        return v, np.asarray(tokens.tokens[[row[r] for r in refs]], dtype=np.float32)
+    return v, np.asarray(own.tokens[[own_row[r] for r in refs]], dtype=np.float32)  # type: ignore[union-attr]
+
+
+def _digest(ids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Suite | PreparedSplit) -> Rankings:
+    """Rank every query of the split with `method`, following the benchmark's protocol."""
+    if isinstance(suite, PreparedSplit):
+        suite = benchmark_suite(suite)
+    top: list[list[str]] = [[] for _ in suite.queries]
+    index: list[str] = []
+    subset: list[list[str]] | None = [[] for _ in suite.queries] if suite.name == "cirr" else None
+    grid = method.grid if method.needs_tokens else None
+    for group, gallery in suite.galleries.items():
+        rows = [i for i, q in enumerate(suite.queries) if q.group == group]
+        if not rows:
+            continue
+        whole = grid is not None and (suite.name == "shapes" or len(gallery) <= MAX_TOKEN_GALLERY)
+        enc = encode_once(ctx, backbone, gallery, index=True, grid=grid if whole else None)
+        index.append(enc.index.key)  # type: ignore[union-attr]
+        faiss_index, gal_feats, gal_ids = search.load(enc.index.path)  # type: ignore[union-attr]
+        gal_row = {g: i for i, g in enumerate(gal_ids)}
+        qs = [suite.queries[i] for i in rows]
+        tokens = FeatureSet.open(enc.features) if enc.features is not None else None
+        v, t = _reference_features(ctx, backbone, suite, group, [q.reference for q in qs], gal_row, gal_feats,
+                                   tokens, grid)
+        if suite.name == "fashioniq":  # both caption orders, averaged
+            feats = method.encode(v, [f"{q.texts[0]} and {q.texts[1]}" for q in qs], t) + \
+                method.encode(v, [f"{q.texts[1]} and {q.texts[0]}" for q in qs], t)
+            feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+        else:
+            feats = method.encode(v, [q.texts[0] for q in qs], t)
+        exclude = [[gal_row[q.reference]] if suite.remove_reference and q.reference in gal_row else [] for q in qs]
+        ranked, _ = search.rank(faiss_index, feats, DEPTH, exclude=exclude)
+        for j, i in enumerate(rows):
+            top[i] = [gal_ids[r] for r in ranked[j] if r >= 0]
+            if subset is not None:
+                members = [m for m in qs[j].subset if m != qs[j].reference and m in gal_row]
+                if members:
+                    sub = np.asarray(gal_feats[[gal_row[m] for m in members]], dtype=np.float32)
+                    order, _ = search.rank(sub, feats[j:j + 1], len(members))
+                    subset[i] = [members[r] for r in order[0] if r >= 0]
+    return Rankings(top, subset, index)
 
 
 @dataclass
 class MethodResult:
     method: str
-    metrics: dict[str, float]
-    by_edit: dict[str, float] = field(default_factory=dict)  # R@1 per edit type
+    metrics: dict[str, float]  # percent, under each protocol's names
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)  # breakdowns: by edit type, by aspect
+    run: str | None = None  # the trained run behind the method
+
+    @property
+    def by_edit(self) -> dict[str, float]:
+        return self.groups.get("by_edit_R@1", {})
 
 
-def evaluate_shapes(ctx: Context, backbone: Backbone, methods: list[str], split: str = "test",
-                    dataset: str = "shapes", runs: dict[str, str] | None = None) -> dict[str, Any]:
-    """Every method on one split of the shapes CIR benchmark; `runs` pins a trained method's run."""
-    art = find_dataset(ctx, dataset)
-    queries = load_split(art, "cir", split)
-    gallery = resolve_gallery(ctx, f"{dataset}:{split}")
-    index = index_gallery(ctx, backbone, gallery).artifact  # features computed once, then cached
-    faiss_index, features, ids = search.load(index.path)
-    row_of = {g: i for i, g in enumerate(ids)}
-    ref_rows = [row_of[r] for r in queries["reference_id"]]
-    positives = [{row_of[g] for g in gt} for gt in queries["ground_truth"]]
-    texts = list(queries["modification"])
-    edits = list(queries["edit_type"])
-    ref_feats = np.asarray(features, dtype=np.float32)[ref_rows]
-    results = []
-    scored: list[Scored] = []
-    run_ids: dict[str, str] = {}
-    ref_tokens = None
+@dataclass
+class Evaluation:
+    dataset: str
+    dataset_key: str
+    split: str
+    protocol: str
+    prompt: str
+    model: str
+    queries: int
+    excluded_queries: int
+    gallery: int  # images ranked, all groups together
+    index: list[str]  # the index keys ranked against
+    results: list[MethodResult]
+
+    @property
+    def runs(self) -> dict[str, str]:
+        """Every trained run used, by method."""
+        return {r.method: r.run for r in self.results if r.run is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dataset": self.dataset, "dataset_key": self.dataset_key, "split": self.split,
+            "protocol": self.protocol, "prompt": self.prompt, "model": self.model, "queries": self.queries,
+            "excluded_queries": self.excluded_queries, "gallery": self.gallery,
+            "index": self.index[0] if len(self.index) == 1 else self.index, "runs": self.runs,
+            "results": {r.method: {**r.metrics, **{g: v for g, v in r.groups.items() if g in NESTED_GROUPS}}
+                        for r in self.results}}
+        for r in self.results:
+            for g, v in r.groups.items():
+                if g not in NESTED_GROUPS:
+                    out.setdefault(g, {})[r.method] = v
+        return out
+
+
+def score_rankings(suite: Suite, rankings: Rankings) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(metrics, breakdowns) of one method's rankings, per the suite's protocol."""
+    if suite.name != "shapes":
+        groups = {"map@10_by_aspect": aspect_map10(suite, rankings)} if any(q.aspects for q in suite.queries) else {}
+        return metrics_for(suite, rankings), groups
+    ranked, pos = as_rows(rankings.top, [q.targets for q in suite.queries])
+    metrics = {"R@1": recall_at_k(ranked, pos, 1), "R@10": recall_at_k(ranked, pos, 10),
+               "R@50": recall_at_k(ranked, pos, 50), "mAP@10": map_at_k(ranked, pos, 10)}
+    by_edit: dict[str, list[int]] = defaultdict(list)
+    for i, q in enumerate(suite.queries):
+        by_edit[q.edit].append(i)
+    return metrics, {"by_edit_R@1": {e: recall_at_k(ranked[rows], [pos[i] for i in rows], 1)
+                                     for e, rows in sorted(by_edit.items())}}
+
+
+def open_suite(ctx: Context, dataset: str, split: str) -> Suite:
+    """The split to evaluate, checked (it exists, it has ground truth) before any model loads."""
+    if dataset in PROTOCOLS:
+        data = open_split(ctx, dataset, split)
+        check_scorable(data)
+        return benchmark_suite(data)
+    return shapes_suite(ctx, dataset, split)
+
+
+def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str],
+             runs: dict[str, str] | None = None) -> tuple[Evaluation, WorstQueries | None]:
+    """Every method on one suite; `runs` pins a trained method's run. Also returns the first
+    method's per-query outcome, for the worst-queries page."""
+    check_scorable(suite)  # type: ignore[arg-type]
+    results, worst, index = [], None, []
     for name in methods:
         method = load_method(ctx, name, backbone, (runs or {}).get(name))
-        if method.run is not None:
-            run_ids[name] = method.run.key
-        tokens = None
-        if method.needs_tokens:
-            if ref_tokens is None or ref_tokens[0] != method.grid:
-                fs = cached_features(ctx, backbone, gallery, grid=method.grid)
-                frow = {g: i for i, g in enumerate(fs.ids)}
-                ref_tokens = (method.grid, np.asarray(fs.tokens[[frow[r] for r in queries["reference_id"]]],
-                                                      dtype=np.float32))
-            tokens = ref_tokens[1]
-        q = method.encode(ref_feats, texts, tokens)
-        ranked, _ = search.rank(faiss_index, q, RANK_DEPTH, exclude=[[r] for r in ref_rows])
-        metrics = {"R@1": recall_at_k(ranked, positives, 1), "R@10": recall_at_k(ranked, positives, 10),
-                   "R@50": recall_at_k(ranked, positives, 50), "mAP@10": map_at_k(ranked, positives, 10)}
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, e in enumerate(edits):
-            groups[e].append(i)
-        by_edit = {e: recall_at_k(ranked[rows], [positives[i] for i in rows], 1)
-                   for e, rows in sorted(groups.items())}
-        results.append(MethodResult(name, metrics, by_edit))
-        if len(results) == 1:  # the first method's outcome per query, for the worst-queries page
-            scored = [Scored(qid, queries["reference_id"][i], texts[i], [ids[r] for r in ranked[i] if r >= 0],
-                             set(queries["ground_truth"][i])) for i, qid in enumerate(queries["query_id"])]
-    return {"dataset": dataset, "dataset_key": art.key, "split": split, "protocol": PROTOCOL,
-            "queries": len(texts), "gallery": len(ids), "model": backbone.spec.label(),
-            "index": index.key, "runs": run_ids,
-            "prompt": "a photo of $ that {modification} (pic2word, stage1); the text alone (text, sum)",
-            "results": results, "scored": scored,
-            "image": lambda item: gallery.image(row_of[item])}
+        rankings = rank_split(ctx, backbone, method, suite)
+        index += [k for k in rankings.index if k not in index]
+        metrics, groups = score_rankings(suite, rankings)
+        results.append(MethodResult(name, metrics, groups, method.run.key if method.run is not None else None))
+        if worst is None:
+            worst = WorstQueries(name, [Scored(q.qid, q.reference, " / ".join(q.texts), rankings.top[i], set(q.targets))
+                                        for i, q in enumerate(suite.queries)], suite)
+    protocol = SHAPES_PROTOCOL if suite.name == "shapes" else PROTOCOLS[suite.name]
+    prompt = PROMPTS["shapes" if suite.name == "shapes" else "benchmark"]
+    return Evaluation(suite.name, suite.dataset_key, suite.split, protocol,
+                      prompt, backbone.spec.label(), len(suite.queries), suite.excluded,
+                      sum(len(g) for g in suite.galleries.values()), index, results), worst

@@ -6,9 +6,11 @@ import base64
 import html
 import io
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 STYLE = ("<style>body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:4px;"
          "text-align:center;font-size:11px}img{display:block;image-rendering:pixelated;width:128px;"
@@ -51,6 +53,54 @@ class Scored:
     @property
     def first_hit(self) -> float:
         return next((r for r, i in enumerate(self.top, start=1) if i in self.positives), math.inf)
+
+
+class ImageSource(Protocol):
+    def image(self, item: str) -> object: ...
+
+
+@dataclass
+class WorstQueries:
+    """The first method's outcome per query, and where the images are: the worst-queries page."""
+
+    method: str
+    scored: list[Scored]
+    images: ImageSource
+
+    def write(self, path: Path, title: str) -> None:
+        write_worst(path, title, self.scored, self.images.image)
+
+
+def check_output(path: Path) -> Path:
+    """Make an output file's folder (what a user naming a new folder means) and check it can be
+    written, before any work: a long run never fails at its last step for a path."""
+    from zscir_cli.core.errors import UserError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{path} is a folder.", "Give a file name, e.g. results.html.")
+    _check_folder(path.parent, UserError)
+    return path
+
+
+def check_output_dir(folder: Path) -> Path:
+    """Make an output folder and check it can be written, before any work."""
+    from zscir_cli.core.errors import UserError
+
+    folder = Path(folder).expanduser()
+    _check_folder(folder, UserError)
+    return folder
+
+
+def _check_folder(folder: Path, error: type) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".zscir-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise error(f"Cannot write to {folder} ({e.strerror or e}).",
+                    "Choose a folder you can write, or create it first.") from e
 
 
 def write_worst(path: Path, title: str, scored: list[Scored], image: Callable[[str], object],
