@@ -68,12 +68,32 @@ class BenchSplit:
         return bool(self.queries) and all(q.targets for q in self.queries)
 
 
-def _json(path: Path) -> Any:
+def _json(path: Path, kind: type = list) -> Any:
+    """An annotation file's top-level JSON value, which must be a `kind` (list or dict)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}).",
                         "Download that annotation file again.") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text.", "Download that annotation file again.") from e
+    if not isinstance(obj, kind):
+        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not the expected "
+                        f"{'list' if kind is list else 'object'}.", "Download that annotation file again.")
+    return obj
+
+
+def _get(row: Any, key: str, path: Path, i: int | None) -> Any:
+    """row[key] of entry i (None: the top level) of an annotation file, or a user error naming
+    the file, the entry and the key."""
+    where = f"{path}" if i is None else f"{path} entry {i}"
+    if not isinstance(row, dict):
+        raise UserError(f"{where} is a JSON {type(row).__name__}, not an object.",
+                        "Download that annotation file again.")
+    if key not in row:
+        raise UserError(f"{where} has no '{key}' key.",
+                        "The file is damaged or from another release; download it again.")
+    return row[key]
 
 
 def _require(root: Path, name: str, rels: list[str]) -> None:
@@ -105,14 +125,16 @@ def load_fashioniq(root: Path, split: str) -> BenchSplit:
     for cat in FIQ_CATEGORIES:
         galleries[cat] = list(_json(root / f"image_splits/split.{cat}.{split}.json"))
         names.update(galleries[cat])
-        for i, row in enumerate(_json(root / f"captions/cap.{cat}.{split}.json")):
-            caps = [_clean_caption(c) for c in row.get("captions", [])]
+        cap_file = root / f"captions/cap.{cat}.{split}.json"
+        for i, row in enumerate(_json(cap_file)):
+            candidate = _get(row, "candidate", cap_file, i)
+            caps = [_clean_caption(str(c)) for c in _get(row, "captions", cap_file, i)]
             if len(caps) != 2:
                 raise UserError(f"captions/cap.{cat}.{split}.json entry {i}: expected 2 captions, got {len(caps)}.",
                                 "The file is damaged; download it again.")
             tgt = row.get("target")
-            queries.append(BenchQuery(f"{cat}-{i}", row["candidate"], caps, [tgt] if tgt else [], tgt, cat))
-            names.add(row["candidate"])
+            queries.append(BenchQuery(f"{cat}-{i}", candidate, caps, [tgt] if tgt else [], tgt, cat))
+            names.add(candidate)
             if tgt:
                 names.add(tgt)
     images, missing = {}, []
@@ -132,13 +154,15 @@ def load_cirr(root: Path, split: str) -> BenchSplit:
     _check_split("cirr", split)
     root = Path(root)
     _require(root, "cirr", [f"cirr/captions/cap.rc2.{split}.json", f"cirr/image_splits/split.rc2.{split}.json"])
-    name_to_rel = _json(root / f"cirr/image_splits/split.rc2.{split}.json")
+    name_to_rel = _json(root / f"cirr/image_splits/split.rc2.{split}.json", dict)
     images = {n: (root / rel).resolve() for n, rel in name_to_rel.items()}
     queries = []
-    for row in _json(root / f"cirr/captions/cap.rc2.{split}.json"):
+    cap_file = root / f"cirr/captions/cap.rc2.{split}.json"
+    for i, row in enumerate(_json(cap_file)):
+        pairid, ref, caption = (_get(row, k, cap_file, i) for k in ("pairid", "reference", "caption"))
         tgt = row.get("target_hard")
-        queries.append(BenchQuery(str(row["pairid"]), row["reference"], [row["caption"]], [tgt] if tgt else [],
-                                  tgt, "", list(row.get("img_set", {}).get("members", []))))
+        queries.append(BenchQuery(str(pairid), ref, [caption], [tgt] if tgt else [],
+                                  tgt, "", list((row.get("img_set") or {}).get("members", []))))
     unknown = sorted({n for q in queries for n in [q.reference, *q.targets, *q.subset] if n not in images})
     if unknown:
         raise UserError(f"cap.rc2.{split}.json names {len(unknown)} image(s) absent from split.rc2.{split}.json, "
@@ -152,14 +176,18 @@ def load_circo(root: Path, split: str) -> BenchSplit:
     root = Path(root)
     info_rel = "COCO2017_unlabeled/annotations/image_info_unlabeled2017.json"
     _require(root, "circo", [f"annotations/{split}.json", info_rel])
-    info = _json(root / info_rel)
+    info = _json(root / info_rel, dict)
     folder = root / "COCO2017_unlabeled" / "unlabeled2017"
-    images = {str(im["id"]): folder / im["file_name"] for im in info["images"]}
+    listed = _get(info, "images", root / info_rel, None)
+    images = {str(_get(im, "id", root / info_rel, i)): folder / _get(im, "file_name", root / info_rel, i)
+              for i, im in enumerate(listed)}
     queries = []
-    for row in _json(root / f"annotations/{split}.json"):
+    ann = root / f"annotations/{split}.json"
+    for i, row in enumerate(_json(ann)):
+        qid, ref, caption = (_get(row, k, ann, i) for k in ("id", "reference_img_id", "relative_caption"))
         gts = [str(g) for g in row.get("gt_img_ids", [])]
         tgt = row.get("target_img_id")
-        queries.append(BenchQuery(str(row["id"]), str(row["reference_img_id"]), [row["relative_caption"]], gts,
+        queries.append(BenchQuery(str(qid), str(ref), [caption], gts,
                                   str(tgt) if tgt is not None else None, aspects=list(row.get("semantic_aspects", []))))
     unknown = sorted({n for q in queries for n in [q.reference, *q.targets] if n not in images})
     if unknown:
