@@ -9,7 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from zscir_cli.core.errors import UserError
-from zscir_cli.model.backbone import ModelSpec, load_backbone, model_config
+from zscir_cli.model.backbone import BackboneError, ModelSpec, model_config
+from zscir_cli.model.backbone import load_backbone as _load_backbone
+from zscir_cli.pipeline.backbones import user_errors
+
+
+def load_backbone(spec, **kwargs):
+    """The model layer's loader with the pipeline's conversion of its errors, as commands see it."""
+    with user_errors():
+        return _load_backbone(spec, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +55,12 @@ def test_pickled_code_is_never_executed(tiny, tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": _state(tiny), "x": Evil()}, path)
-    with pytest.raises(UserError, match="Could not load"):
+    with pytest.raises(UserError, match="Could not load") as e:
         load_backbone(ModelSpec("zscir-tiny-vit", str(path)))
     assert not (tmp_path / "PWNED").exists()
+    msg = str(e.value)
+    assert "evil.pt is a pickle that refers to the Python object 'exec'" in msg
+    assert "safetensors.torch.save_file" in msg and "weights_only" not in msg
 
 
 def test_local_dir_model(tiny, tmp_path):
@@ -66,8 +77,14 @@ def test_identity_binds_file_content(tiny, tmp_path):
     save_file(_state(tiny), str(a))
     save_file(_state(tiny), str(b))
     ia, ib = ModelSpec("zscir-tiny-vit", str(a)).identity(), ModelSpec("zscir-tiny-vit", str(b)).identity()
-    assert ia["sha256"] == ib["sha256"] and ia["pretrained"] != ib["pretrained"]
-    assert ModelSpec("ViT-B-32", "openai").identity() == {"name": "ViT-B-32", "pretrained": "openai"}
+    # the content names the weights, never the path: two copies are one identity
+    assert ia == ib == {"name": "zscir-tiny-vit", "pretrained": None, "sha256": ia["sha256"]}
+    assert len(ia["sha256"]) == 64 and str(tmp_path) not in json.dumps(ia)
+    # OpenAI's weights were trained with QuickGELU, which the identity records
+    assert ModelSpec("ViT-B-32", "openai").identity() == {"name": "ViT-B-32", "pretrained": "openai",
+                                                          "quick_gelu": True}
+    assert ModelSpec("ViT-B-32", "laion2b_s34b_b79k").identity() == {
+        "name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}
 
 
 def test_unknown_model_lists_close_choices():
@@ -110,3 +127,12 @@ def test_checkpoint_of_another_architecture(tmp_path):
 def test_local_dir_without_config(tmp_path):
     with pytest.raises(UserError, match="no open_clip_config.json"):
         load_backbone(ModelSpec(f"local-dir:{tmp_path}"))
+
+
+def test_model_layer_raises_value_errors_that_name_no_option():
+    for spec in (ModelSpec("zscir-tiny-vit", "/no/such/nope.safetensors"), ModelSpec("ViT-L-41", "openai"),
+                 ModelSpec("ViT-B-32", "openaii")):
+        with pytest.raises(BackboneError) as e:
+            _load_backbone(spec)
+        assert isinstance(e.value, ValueError) and not isinstance(e.value, UserError)
+        assert "--" not in str(e.value)

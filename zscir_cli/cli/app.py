@@ -23,7 +23,7 @@ from zscir_cli.cli import (
     synth,
 )
 from zscir_cli.cli.console import debug_enabled, error, setup_logging
-from zscir_cli.core.errors import EXIT_USER_ERROR, UserError
+from zscir_cli.core.errors import EXIT_USER_ERROR, UserError, os_error
 
 try:  # Typer >= 0.20 carries its own copy of Click
     from typer.exceptions import TyperException as _ParseError
@@ -65,11 +65,31 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Zero-shot composed image retrieval, from mapping to composing."""
 
 
+def plain_help(command) -> None:
+    """Help as Click writes it, for this command and every one below it.
+
+    Rich help reads help texts as markup, which took our "[default: ...]" for tags (leaving
+    "Cache root ." behind), and cuts long option names to fit its table at 80 columns."""
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        if sub.short_help is None and sub.help:  # listed whole, wrapped, not cut at 45 characters
+            sub.short_help = sub.help.strip().split("\n\n")[0]
+        plain_help(sub)
+
+
+def click_command():
+    """The Click command tree of the app (what `zscir` runs)."""
+    command = typer.main.get_command(app)
+    plain_help(command)
+    return command
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the app and return its exit code: 0 ok, 2 bad input, 1 a bug, 130 interrupted."""
     setup_logging()
     try:
-        app(args=argv, prog_name="zscir", standalone_mode=False)
+        click_command().main(args=argv, prog_name="zscir", standalone_mode=False)
         return 0
     except typer.Exit as e:
         return e.exit_code
@@ -83,6 +103,11 @@ def run(argv: list[str] | None = None) -> int:
         if debug_enabled():
             traceback.print_exc()
         error(str(e))
+        return EXIT_USER_ERROR
+    except OSError as e:  # the machine refused (permissions, disk full, a folder for a file)
+        if debug_enabled():
+            traceback.print_exc()
+        error(str(os_error(e)))
         return EXIT_USER_ERROR
     except Exception as e:  # noqa: BLE001 - a bug: say so, show the traceback on request
         if debug_enabled():

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from zscir_cli.cli.common import make_context, print_json
-from zscir_cli.cli.console import err
+from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
 
 app = typer.Typer(help="Prepare data sets: the shapes world, image folders, FashionIQ, CIRR, CIRCO.",
@@ -65,7 +65,7 @@ def imagefolder_cmd(
         print_json(info)
         return
     if info["skipped"]:
-        err.print(f"[yellow]left out {info['skipped']} unreadable image(s)[/]; see {art.path / 'manifest.json'}")
+        warn(f"left out {info['skipped']} unreadable image(s); see {art.path / 'manifest.json'}")
     if not info["captioned"]:
         err.print("no captions: map-train will run without soft text alignment")
     err.print(("prepared" if built else "already prepared") + f" {m['name']}: use it with --data {m['name']}")
@@ -95,7 +95,7 @@ def _benchmark_command(name: str, title: str):
             print_json({"key": art.key, "built": built, "missing_images": m["missing_images"], **m["counts"]})
             return
         if m["missing_images"]:
-            err.print(f"[yellow]{m['missing_images']} image(s) missing[/], e.g. {', '.join(m['missing_examples'][:5])}")
+            warn(f"{m['missing_images']} image(s) missing, e.g. {', '.join(m['missing_examples'][:5])}")
         err.print(("prepared" if built else "already prepared") + f" {name} from {m['root']}")
         for split, c in m["counts"].items():
             gallery = ", ".join(f"{g or 'gallery'} {n}" for g, n in c["gallery"].items())

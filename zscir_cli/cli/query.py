@@ -36,31 +36,38 @@ def query(
     from zscir_cli.pipeline.methods import check_method, load_method
     from zscir_cli.pipeline.query import (
         check_query_text,
+        check_reference,
+        index_ids,
         resolve_query_index,
         run_query,
         spec_of_index,
         write_html,
     )
 
+    # everything the user typed is checked before an index or a model is opened
     check_method(method)
     check_query_text(text, method)
+    ref_image = check_reference(reference)
 
     ctx = make_context(cache_dir, device)
-    if model is None and pretrained is None and index is not None:
+    if model is None and pretrained is None:
         art = resolve_query_index(ctx, None, index)  # the index names its own model
-        spec = spec_of_index(art)
+        spec = spec_of_index(ctx, art)
     else:
         spec = resolve_spec(ctx, model, pretrained)
         art = resolve_query_index(ctx, spec, index)
-    err.print(f"using index {art.key} ({art.description})", highlight=False)
+    if ref_image is None:
+        check_reference(reference, index_ids(art))
+    if index is not None or model is not None or pretrained is not None:
+        err.print(f"using index {art.key} ({art.description})", highlight=False, markup=False)
     backbone = open_backbone(ctx, spec)
     qm = load_method(ctx, method, backbone, run)
     if qm.run is not None:
-        err.print(f"using {method} run {qm.run.key}", highlight=False)
-    res = run_query(ctx, qm, art, reference, text, k=top_k)
+        err.print(f"using {method} run {qm.run.key}", highlight=False, markup=False)
+    res = run_query(ctx, qm, art, reference, text, k=top_k, reference_image=ref_image)
     if html is not None:
         write_html([res], html, title=f"zscir: {text}")
-        err.print(f"wrote {html}")
+        err.print(f"wrote {html}", highlight=False, markup=False)
     if json_out:
         print_json(res.to_json())
         return

@@ -69,13 +69,14 @@ def synth(
                     "rejected": dict(report.rejected)})
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table()
     table.add_column("edit type")
     table.add_column("kept", justify="right")
     for kind, n in sorted(report.counts.items()):
         table.add_row(kind, str(n))
-    table.add_row("[bold]total", f"[bold]{len(report.triplets)}")
+    table.add_row(Text("total", style="bold"), Text(str(len(report.triplets)), style="bold"))
     out.print(table)
     rej = Table()
     rej.add_column("rejected because")

@@ -8,7 +8,9 @@ read with `weights_only=True`), or 'none' for random weights (tests and benchmar
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +19,14 @@ from typing import Any
 import open_clip
 import torch
 
-from zscir_cli.core.errors import UserError, close_matches
-from zscir_cli.core.jsonutil import file_sha256
+from zscir_cli.core.errors import close_matches
+from zscir_cli.model.weights import (
+    WeightsFileError,
+    hub_offline,
+    hub_unreachable,
+    read_torch_state,
+    weights_sha256,
+)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_MODEL = "ViT-L-14"  # the setting every peer reports
@@ -29,6 +37,19 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 RANDOM_INIT_SEED = 0
 
 _registered = False
+
+
+class BackboneError(ValueError):
+    """A model that cannot be built from what was named.
+
+    `kind` says which fix applies (the pipeline turns it into advice): unknown_model,
+    unknown_tag, missing_file, local_dir, bad_file, unreachable, mismatch. `subject` is the
+    name, tag or path at fault; `choices` the valid alternatives, when there are some.
+    """
+
+    def __init__(self, message: str, kind: str, subject: str = "", choices: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.kind, self.subject, self.choices = kind, subject, choices
 
 
 def register_configs() -> None:
@@ -61,15 +82,30 @@ class ModelSpec:
             pre = None  # OpenCLIP ignores `pretrained` for schema ids: so do we
         return ModelSpec(self.name, pre)
 
+    @property
+    def weights_file(self) -> str | None:
+        """The local weights file this spec names, if it names one."""
+        pre = self.normalised().pretrained
+        return pre if pre is not None and _looks_like_path(pre) else None
+
     def identity(self) -> dict[str, Any]:
-        """What binds an artifact to its model: the name, the weights, and for files their hash.
+        """What binds an artifact to its model: the name, the zoo tag or the content hash of a
+        weights file (never its path, so a moved cache keeps its artifacts), and the activation
+        when the tag's own config overrides the architecture's.
 
         Two specs with the same identity encode images identically.
         """
         spec = self.normalised()
-        ident: dict[str, Any] = {"name": spec.name, "pretrained": spec.pretrained}
-        if spec.pretrained and os.path.isfile(spec.pretrained):
-            ident["sha256"] = _cached_sha256(Path(spec.pretrained))
+        path = spec.weights_file
+        if path is not None:
+            if not os.path.isfile(path):
+                raise BackboneError(f"weights file not found: {path}", "missing_file", path)
+            ident: dict[str, Any] = {"name": spec.name, "pretrained": None,
+                                     "sha256": weights_sha256(path)}
+        else:
+            ident = {"name": spec.name, "pretrained": spec.pretrained}
+        if needs_quick_gelu(spec):
+            ident["quick_gelu"] = True
         return ident
 
     def label(self) -> str:
@@ -80,6 +116,36 @@ class ModelSpec:
         if os.path.isabs(pre):
             pre = Path(pre).name
         return f"{spec.name}/{pre}"
+
+
+def identity_label(ident: dict[str, Any] | None) -> str:
+    """How an artifact's model is named to a user, from its identity alone."""
+    if not ident:
+        return "an unknown model"
+    if ident.get("sha256"):
+        return f"{ident['name']} (weights sha256 {str(ident['sha256'])[:12]})"
+    return ModelSpec(ident["name"], ident.get("pretrained")).label()
+
+
+def needs_quick_gelu(spec: ModelSpec) -> bool:
+    """Whether the weights were trained with QuickGELU while the architecture's config says GELU.
+
+    OpenCLIP keeps the activation in the architecture's config and the training activation in
+    each zoo tag's config ('quick_gelu'); since 2.29 the plain names build nn.GELU, so OpenAI's
+    and several other tags must be built with `force_quick_gelu`.
+    """
+    spec = spec.normalised()
+    if spec.pretrained is None or spec.name.startswith(SCHEMAS) or _looks_like_path(spec.pretrained):
+        return False
+    register_configs()
+    tag_cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained) or {}
+    arch_cfg = open_clip.get_model_config(spec.name) or {}
+    return bool(tag_cfg.get("quick_gelu")) and not bool(arch_cfg.get("quick_gelu"))
+
+
+def create_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """The keyword arguments of `open_clip.create_model*` that follow from the weights."""
+    return {"force_quick_gelu": needs_quick_gelu(spec)}
 
 
 @dataclass
@@ -119,29 +185,92 @@ class Backbone:
 
 def load_backbone(spec: ModelSpec, *, cache_dir: Path | None = None,
                   device: torch.device | str = "cpu") -> Backbone:
-    """Build the model and load its weights, turning every failure a user can fix into a UserError."""
+    """Build the model and load its weights; every failure a user can fix is a BackboneError."""
     register_configs()
     spec = spec.normalised()
     check_spec(spec)
-    kwargs: dict[str, Any] = {"device": device}
-    if cache_dir is not None:
-        kwargs["cache_dir"] = str(Path(cache_dir) / "open_clip")
+    kwargs: dict[str, Any] = {"device": device, **create_kwargs(spec)}
+    oc_cache = str(Path(cache_dir) / "open_clip") if cache_dir is not None else None
+    if oc_cache is not None:
+        kwargs["cache_dir"] = oc_cache
+    state = None
+    if spec.weights_file is not None and not spec.weights_file.endswith(".safetensors"):
+        try:  # read here, so that a pickle is only ever opened with weights_only=True
+            state = read_torch_state(spec.weights_file)
+        except WeightsFileError as e:
+            raise BackboneError(f"Could not load {spec.label()}: {e}", "bad_file", spec.weights_file) from None
+    offline = _unreachable(spec, oc_cache)
     try:
         # Random weights are seeded, so that 'random weights' names one model: an index built
         # with them in one process can be queried in another.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), hub_offline(offline is not None), _quiet_open_clip():
             torch.manual_seed(RANDOM_INIT_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.name, pretrained=spec.pretrained, **kwargs)
-    except UserError:
+                spec.name, pretrained=None if state is not None else spec.pretrained, **kwargs)
+        if state is not None:
+            _load_state(model, state)
+    except BackboneError:
         raise
     except Exception as e:  # OpenCLIP raises RuntimeError/OSError/ValueError for all of these
-        raise _load_error(spec, e) from e
+        raise _load_error(spec, e, offline) from e
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(spec.name)
     return Backbone(model, preprocess, tokenizer, spec, torch.device(device))
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """OpenCLIP's `load_checkpoint` after its file read: the same key conversions, strict."""
+    from open_clip import factory
+
+    state = factory.convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = factory.convert_to_custom_text_state_dict(state)
+    for name in ("logit_scale", "logit_bias"):
+        own = getattr(model, name, None)
+        if name in state and own is not None and own.ndim != state[name].ndim:
+            state[name] = state[name].reshape(own.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    factory.resize_pos_embed(state, model)
+    factory.resize_text_pos_embed(state, model)
+    model.load_state_dict(state, strict=True)
+
+
+def _unreachable(spec: ModelSpec, oc_cache: str | None) -> str | None:
+    """Why the weights cannot be downloaded now, or None when nothing needs the network."""
+    if spec.name.startswith("hf-hub:"):
+        return hub_unreachable()
+    if spec.pretrained is None or spec.name.startswith("local-dir:") or spec.weights_file:
+        return None
+    cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained) or {}
+    if cfg.get("file"):
+        return None
+    if cfg.get("hf_hub"):
+        return hub_unreachable()  # cached files are still served in offline mode
+    url = cfg.get("url", "")
+    cached = Path(oc_cache or Path.home() / ".cache" / "clip") / os.path.basename(url)
+    return None if not url or cached.is_file() else hub_unreachable(url)
+
+
+class _DropOpenClipLogs(logging.Filter):
+    """OpenCLIP logs a failure as an error and then raises it; we report the raise, once."""
+
+    prefix = os.path.dirname(open_clip.__file__)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    root, flt = logging.getLogger(), _DropOpenClipLogs()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
 
 
 def model_config(name: str) -> dict[str, Any] | None:
@@ -155,8 +284,6 @@ def write_config_sidecar(name: str, path: Path) -> None:
     path.write_text(json.dumps({"model_name": name, "model_cfg": cfg}, indent=2) + "\n")
 
 
-# -- helpers ------------------------------------------------------------------------------------
-
 def _looks_like_path(value: str) -> bool:
     return (os.sep in value or value.startswith((".", "~"))
             or value.lower().endswith(WEIGHT_SUFFIXES) or os.path.exists(value))
@@ -167,64 +294,53 @@ def _is_plain_clip(model: torch.nn.Module) -> bool:
 
 
 def check_spec(spec: ModelSpec) -> None:
-    """Refuse, with the fix, a name or weights source that cannot work, before loading anything."""
+    """Refuse a name or weights source that cannot work, before loading anything."""
     register_configs()
     if spec.name.startswith("local-dir:"):
         folder = Path(spec.name[len("local-dir:"):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
-            raise UserError(f"--model {spec.name}: {folder} has no open_clip_config.json.",
-                            "A local-dir: model is a folder with open_clip_config.json and its "
-                            "weights (open_clip_model.safetensors).")
+            raise BackboneError(f"{spec.name}: {folder} has no open_clip_config.json.", "local_dir",
+                                str(folder))
         return
     if spec.name.startswith("hf-hub:"):
         return
     models = open_clip.list_models()
     if spec.name not in models:
         near = close_matches(spec.name, models)
-        raise UserError(f"Unknown model '{spec.name}'."
-                        + (f" Close choices: {', '.join(near)}." if near else ""),
-                        "Run 'zscir models' to list every architecture.")
-    pre = spec.pretrained
+        raise BackboneError(f"Unknown model '{spec.name}'."
+                            + (f" Close choices: {', '.join(near)}." if near else ""),
+                            "unknown_model", spec.name, tuple(near))
+    pre = spec.normalised().pretrained
     if pre is None:
         return
     if _looks_like_path(pre):
         if not os.path.isfile(pre):
-            raise UserError(f"--pretrained file not found: {pre}.",
-                            "Give the path of a .safetensors, .pt or .bin checkpoint, or a zoo tag.")
+            raise BackboneError(f"weights file not found: {pre}", "missing_file", pre)
         return
     tags = open_clip.list_pretrained_tags_by_model(spec.name)
     if pre not in tags:
-        raise UserError(f"'{pre}' is neither a file nor a pretrained tag of {spec.name}."
-                        + (f" Tags: {', '.join(tags)}." if tags else " It has no zoo weights."),
-                        "Use one of its tags, a local weights file, or 'none' for random weights.")
+        raise BackboneError(f"'{pre}' is neither a file nor a pretrained tag of {spec.name}."
+                            + (f" Tags: {', '.join(tags)}." if tags else " It has no zoo weights."),
+                            "unknown_tag", pre, tuple(tags))
 
 
-def _load_error(spec: ModelSpec, e: Exception) -> UserError:
-    text = f"{type(e).__name__}: {e}"
-    fetchable = spec.name.startswith("hf-hub:") or (spec.pretrained and not os.path.isfile(spec.pretrained))
-    if fetchable:
+def _load_error(spec: ModelSpec, e: Exception, offline: str | None) -> BackboneError:
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    if spec.name.startswith("hf-hub:") or (spec.pretrained and not spec.weights_file):
         what = spec.name if spec.pretrained is None else f"{spec.name} with weights '{spec.pretrained}'"
-        return UserError(
-            f"Could not fetch the weights of {what}: this machine cannot download them "
-            f"({text.splitlines()[0][:200]}).",
-            "Either pass a local checkpoint (--pretrained /path/to/weights.safetensors, or "
-            "--model local-dir:/path), or run 'zscir demo', which trains a small CLIP offline.")
-    return UserError(f"Could not load {spec.label()}: {text.splitlines()[0][:300]}",
-                     "Check that the checkpoint matches the architecture named by --model.")
+        why = (f"they are not in the local cache and the hub cannot be reached ({offline})"
+               if offline else f"the download failed ({text[:200]})")
+        return BackboneError(f"Could not fetch the weights of {what}: {why}.", "unreachable", spec.name)
+    return BackboneError(f"Could not load {spec.label()}: {text[:300]}", "mismatch", spec.label())
 
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def _cached_sha256(path: Path) -> str:
-    st = path.stat()
-    memo_key = (str(path), st.st_size, st.st_mtime_ns)
-    if memo_key not in _HASH_MEMO:
-        _HASH_MEMO[memo_key] = file_sha256(path)
-    return _HASH_MEMO[memo_key]
-
-
-def spec_from_identity(ident: dict[str, Any]) -> ModelSpec:
+def spec_from_identity(ident: dict[str, Any], weights: Path | None = None) -> ModelSpec:
+    """The spec that rebuilds an identity; a weights file's identity needs the file's path."""
+    if ident.get("sha256"):
+        if weights is None:
+            raise BackboneError(f"no file with the weights of {identity_label(ident)} is known",
+                                "missing_file", str(ident["sha256"]))
+        return ModelSpec(ident["name"], str(weights))
     return ModelSpec(ident["name"], ident.get("pretrained"))
 
 
@@ -232,9 +348,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
     "Backbone",
+    "BackboneError",
     "ModelSpec",
     "asdict",
     "available_models",
+    "identity_label",
     "load_backbone",
     "register_configs",
 ]

@@ -1,6 +1,15 @@
-"""Turning --model/--pretrained into a loaded backbone, including our own trained ones."""
+"""Turning --model/--pretrained into a loaded backbone, including our own trained ones.
+
+The model layer raises `BackboneError` (a ValueError that knows which fix applies); this module
+turns it into a `UserError` whose advice names the command-line options.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from zscir_cli.core.device import resolve_device
 from zscir_cli.core.errors import UserError
@@ -8,13 +17,46 @@ from zscir_cli.model.backbone import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     Backbone,
+    BackboneError,
     ModelSpec,
     check_spec,
+    identity_label,
     load_backbone,
+    spec_from_identity,
 )
+from zscir_cli.model.weights import find_weights, set_memo_root
 from zscir_cli.pipeline.context import Context
 
 LATEST = "latest"
+FETCH_HINT = ("Either pass a local checkpoint (--pretrained /path/to/weights.safetensors, or "
+              "--model local-dir:/path), or run 'zscir demo', which trains a small CLIP offline.")
+
+
+def as_user_error(e: BackboneError) -> UserError:
+    """The model layer's error, with the options and commands that fix it."""
+    if e.kind == "unknown_model":
+        return UserError(str(e), "Run 'zscir models' to list every architecture.")
+    if e.kind == "unknown_tag":
+        return UserError(str(e), "Use one of its tags, a local weights file, or 'none' for random weights.")
+    if e.kind == "missing_file":
+        return UserError(f"--pretrained file not found: {e.subject}.",
+                         "Give the path of a .safetensors, .pt or .bin checkpoint, or a zoo tag.")
+    if e.kind == "local_dir":
+        return UserError(f"--model {e}", "A local-dir: model is a folder with open_clip_config.json "
+                                         "and its weights (open_clip_model.safetensors).")
+    if e.kind == "unreachable":
+        return UserError(f"{e} This machine cannot download them.", FETCH_HINT)
+    if e.kind == "bad_file":
+        return UserError(str(e))
+    return UserError(str(e), "Check that the checkpoint matches the architecture named by --model.")
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except BackboneError as e:
+        raise as_user_error(e) from e
 
 
 def resolve_spec(ctx: Context, model: str | None, pretrained: str | None) -> ModelSpec:
@@ -22,8 +64,10 @@ def resolve_spec(ctx: Context, model: str | None, pretrained: str | None) -> Mod
     that `zscir pretrain` made for `--model` in this cache."""
     from zscir_cli.pipeline.pretrain import KIND, WEIGHTS
 
+    set_memo_root(ctx.store.root)
     name = model or DEFAULT_MODEL
-    check_spec(ModelSpec(name))  # an unknown name is reported before any default is chosen
+    with user_errors():
+        check_spec(ModelSpec(name))  # an unknown name is reported before any default is chosen
     if pretrained is None:
         pretrained = DEFAULT_PRETRAINED if model is None else _default_pretrained(ctx, name)
     if pretrained == LATEST:
@@ -32,7 +76,10 @@ def resolve_spec(ctx: Context, model: str | None, pretrained: str | None) -> Mod
             raise UserError(f"No checkpoint of {name} trained by 'zscir pretrain' in {ctx.store.root}.",
                             f"Run 'zscir pretrain --model {name}' (or 'zscir demo') first.")
         return ModelSpec(name, str(found[0].path / WEIGHTS))
-    return ModelSpec(name, pretrained)
+    spec = ModelSpec(name, pretrained)
+    with user_errors():
+        check_spec(spec)
+    return spec
 
 
 def _default_pretrained(ctx: Context, name: str) -> str:
@@ -51,6 +98,29 @@ def _default_pretrained(ctx: Context, name: str) -> str:
                     "or give a local weights file, or 'none' for random weights.")
 
 
-def open_backbone(ctx: Context, spec: ModelSpec) -> Backbone:
-    device = resolve_device(ctx.device)
-    return load_backbone(spec, cache_dir=ctx.store.root, device=device)
+def open_backbone(ctx: Context, spec: ModelSpec, device: Any = None) -> Backbone:
+    """Load `spec` on `device` (default: the context's), with user errors for bad weights."""
+    set_memo_root(ctx.store.root)
+    device = resolve_device(ctx.device) if device is None else device
+    with user_errors():
+        return load_backbone(spec, cache_dir=ctx.store.root, device=device)
+
+
+def spec_for_identity(ctx: Context, ident: dict[str, Any]) -> ModelSpec:
+    """The spec that rebuilds an artifact's model. Weights files are found by their content:
+    the files this machine has hashed before, then the checkpoints of 'zscir pretrain' in this
+    cache (wherever the cache lies now)."""
+    from zscir_cli.pipeline.pretrain import KIND, WEIGHTS
+
+    set_memo_root(ctx.store.root)
+    sha = ident.get("sha256")
+    if not sha:
+        return spec_from_identity(ident)
+    candidates = [a.path / WEIGHTS for a in ctx.store.find(KIND, lambda a: a.manifest.get(
+        "config", {}).get("model") == ident["name"])]
+    path = find_weights(str(sha), candidates)
+    if path is None:
+        raise UserError(f"The weights of {identity_label(ident)} are neither in the cache at "
+                        f"{ctx.store.root} nor in a file this machine has used before.",
+                        "Name them with --model and --pretrained /path/to/weights.")
+    return spec_from_identity(ident, Path(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import Gallery, open_image_arg
 from zscir_cli.index import search
-from zscir_cli.model.backbone import ModelSpec, spec_from_identity
+from zscir_cli.model.backbone import ModelSpec, identity_label
+from zscir_cli.pipeline.backbones import spec_for_identity
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import gallery_from_source
 from zscir_cli.pipeline.features import encode_images_with_tokens
+from zscir_cli.pipeline.indexing import KIND as INDEX_KIND
 from zscir_cli.pipeline.indexing import find_index
 from zscir_cli.pipeline.methods import QueryMethod
 from zscir_cli.pipeline.report import figure, write_page
@@ -49,7 +52,37 @@ class QueryResult:
 
 
 def resolve_query_index(ctx: Context, spec: ModelSpec | None, index_ref: str | None) -> Artifact:
+    """The index named by `index_ref`, else the newest built with `spec`, else (neither given)
+    the newest in the cache."""
+    if spec is None and not index_ref:
+        found = ctx.store.list(INDEX_KIND)
+        if not found:
+            raise UserError(f"The cache at {ctx.store.root} holds no index.",
+                            "Build one with 'zscir index GALLERY' (or run 'zscir demo').")
+        art = found[0]
+        ctx.reporter.info(f"using the newest index, {art.key} ({art.description}), built with "
+                          f"{identity_label(art.manifest.get('model'))}")
+        return art
     return find_index(ctx, spec, index_ref)
+
+
+def index_ids(index: Artifact) -> list[str]:
+    """The ids of an index, read without loading its features."""
+    return json.loads((index.path / search.IDS).read_text(encoding="utf-8"))
+
+
+def check_reference(reference: str, ids: list[str] | None = None):
+    """The reference as a decoded image when it is a file, None when it is an id of `ids`;
+    anything else is a user error, raised before any model is loaded."""
+    path = Path(reference).expanduser()
+    if path.is_file():
+        return open_image_arg(path)
+    if ids is None or reference in ids:
+        return None
+    if any(s in reference for s in "/\\") or path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"):
+        raise UserError(f"Image not found: {path}.", "Check the path.")
+    raise UserError(f"'{reference}' is neither an image file nor an id in the index.",
+                    "Give an image path, or an id printed by an earlier query.")
 
 
 def check_query_text(text: str, method: str) -> None:
@@ -59,8 +92,9 @@ def check_query_text(text: str, method: str) -> None:
 
 
 def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str, text: str,
-              k: int = 10) -> QueryResult:
-    """Rank the index for (reference, text). `reference` is an image path or an id in the index."""
+              k: int = 10, reference_image: Any = None) -> QueryResult:
+    """Rank the index for (reference, text). `reference` is an image path or an id in the index;
+    `reference_image`, when given, is its decoded image (see `check_reference`)."""
     backbone = method.backbone
     check_query_text(text, method.name)
     if k < 1:
@@ -80,7 +114,7 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
         if not Path(reference).expanduser().exists() and not any(s in reference for s in "/\\."):
             raise UserError(f"'{reference}' is neither an image file nor an id in index {index.key}.",
                             "Give an image path, or an id printed by an earlier query.")
-        ref_img = open_image_arg(reference)
+        ref_img = reference_image if reference_image is not None else open_image_arg(reference)
         ref_feat = None
     ref_tokens = None
     if ref_feat is None or method.needs_tokens:
@@ -96,8 +130,9 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
     return res
 
 
-def spec_of_index(index: Artifact) -> ModelSpec:
-    return spec_from_identity(index.manifest["model"])
+def spec_of_index(ctx: Context, index: Artifact) -> ModelSpec:
+    """The model an index was built with, its weights found by their content hash."""
+    return spec_for_identity(ctx, index.manifest["model"])
 
 
 # -- HTML ----------------------------------------------------------------------------------------
