@@ -10,6 +10,24 @@ import pytest
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One folder and its index for the read-only tests of this module: (cache, folder, key)."""
+    from conftest import image_folder as make_folder
+
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.data.images import FolderGallery
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
+    from zscir_cli.pipeline.context import Context
+    from zscir_cli.pipeline.indexing import index_gallery
+
+    base = tmp_path_factory.mktemp("shared")
+    folder = make_folder.__wrapped__(base)
+    ctx = Context(store=ArtifactStore(base / "cache"), workers=0)
+    res = index_gallery(ctx, load_backbone(ModelSpec("zscir-tiny-vit", "none")), FolderGallery(folder))
+    return base / "cache", folder, res.artifact.key
+
+
 @pytest.fixture
 def indexed(cli, cache, image_folder):
     code, out, err = cli("index", image_folder, *TINY, "--cache-dir", cache, "--workers", "0")
@@ -17,7 +35,8 @@ def indexed(cli, cache, image_folder):
     return out.strip()
 
 
-def test_index_writes_features_ids_and_manifest(cli, cache, image_folder, indexed):
+def test_index_writes_features_ids_and_manifest(cli, shared):
+    cache, image_folder, indexed = shared
     folder = cache / "index" / indexed
     manifest = json.loads((folder / "manifest.json").read_text())
     ids = json.loads((folder / "ids.json").read_text())
@@ -34,7 +53,8 @@ def test_index_writes_features_ids_and_manifest(cli, cache, image_folder, indexe
     assert [a["key"] for a in json.loads(out)] == [indexed]
 
 
-def test_query_by_file_finds_the_image_itself_first(cli, cache, image_folder, indexed):
+def test_query_by_file_finds_the_image_itself_first(cli, shared):
+    cache, image_folder, indexed = shared
     ref = min(image_folder.rglob("*.png"))
     code, out, err = cli("query", ref, "make it red", "--method", "image", "-k", "3", "--json",
                          *TINY, "--cache-dir", cache)
@@ -46,7 +66,8 @@ def test_query_by_file_finds_the_image_itself_first(cli, cache, image_folder, in
     assert f"using index {indexed}" in err
 
 
-def test_query_by_id_never_returns_the_reference(cli, cache, image_folder, indexed):
+def test_query_by_id_never_returns_the_reference(cli, shared):
+    cache, _image_folder, indexed = shared
     ids = json.loads((cache / "index" / indexed / "ids.json").read_text())
     code, out, err = cli("query", ids[0], "add a star", "--index", indexed, "-k", "20", "--json", "--method", "sum",
                          "--cache-dir", cache)
@@ -56,7 +77,8 @@ def test_query_by_id_never_returns_the_reference(cli, cache, image_folder, index
 
 
 @pytest.mark.parametrize("method", ["text", "sum"])
-def test_query_table_and_html(cli, cache, image_folder, indexed, tmp_path, method):
+def test_query_table_and_html(cli, shared, tmp_path, method):
+    cache, image_folder, indexed = shared
     ref = min(image_folder.rglob("*.jpg"))
     page = tmp_path / "out.html"
     code, out, err = cli("query", ref, "<script>alert(1)</script> make it blue", "--method", method,
@@ -68,7 +90,8 @@ def test_query_table_and_html(cli, cache, image_folder, indexed, tmp_path, metho
     assert html.count("data:image/png;base64,") == 5  # the reference and 4 results
 
 
-def test_query_refuses_an_index_of_another_model(cli, cache, image_folder, indexed):
+def test_query_refuses_an_index_of_another_model(cli, shared):
+    cache, _image_folder, indexed = shared
     code, _, err = cli("query", "x.png", "make it red", "--index", indexed, "--model", "zscir-tiny-rn",
                        "--pretrained", "none", "--cache-dir", cache)
     assert code == 2
@@ -76,19 +99,22 @@ def test_query_refuses_an_index_of_another_model(cli, cache, image_folder, index
     assert "Traceback" not in err
 
 
-def test_default_method_needs_a_trained_run(cli, cache, image_folder, indexed):
+def test_default_method_needs_a_trained_run(cli, shared):
+    cache, image_folder, _indexed = shared
     ref = min(image_folder.rglob("*.png"))
     code, _, err = cli("query", ref, "make it red", *TINY, "--cache-dir", cache)
     assert code == 2 and "No tscir run (Stage II) trained on zscir-tiny-vit" in err and "--method" in err
 
 
-def test_query_without_an_index_for_the_model(cli, cache, image_folder, indexed):
+def test_query_without_an_index_for_the_model(cli, shared):
+    cache, _image_folder, _indexed = shared
     code, _, err = cli("query", "x.png", "make it red", "--model", "zscir-tiny-rn", "--pretrained", "none",
                        "--cache-dir", cache)
     assert code == 2 and "No index built with zscir-tiny-rn" in err and "zscir-tiny-vit" in err
 
 
-def test_empty_text_and_missing_reference(cli, cache, image_folder, indexed):
+def test_empty_text_and_missing_reference(cli, shared):
+    cache, image_folder, _indexed = shared
     ref = min(image_folder.rglob("*.png"))
     code, _, err = cli("query", ref, "  ", *TINY, "--cache-dir", cache)
     assert code == 2 and "modification text is empty" in err
