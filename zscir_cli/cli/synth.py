@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from zscir_cli.cli.common import make_context, print_json
-from zscir_cli.cli.console import err, out
+from zscir_cli.cli.console import err, out, warn
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained, Seed
 
 
@@ -25,6 +25,9 @@ def synth(
                                                   "text similarity are rejected.")] = 0.9,
     exact_only: Annotated[bool, typer.Option("--exact-only", help="Only exact caption matches: no text "
                                              "embedding, no model.")] = False,
+    allow_outside: Annotated[bool, typer.Option(
+        "--allow-outside-paths", help="Accept image paths of --captions that lie outside its folder "
+                                      "(absolute, or climbing out with '..').")] = False,
     model: Model = None,
     pretrained: Pretrained = None,
     json_out: Json = False,
@@ -44,7 +47,8 @@ def synth(
     if (data is None) == (captions is None):
         raise UserError("Give exactly one of --data and --captions.",
                         "e.g. --data shapes, or --captions captions.jsonl.")
-    corpus = corpus_from_dataset(ctx, data) if data else corpus_from_file(captions)  # type: ignore[arg-type]
+    corpus = corpus_from_dataset(ctx, data) if data else \
+        corpus_from_file(captions, allow_outside=allow_outside)  # type: ignore[arg-type]
     embed = None
     if mode == "template" and not exact_only:
         from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
@@ -63,7 +67,10 @@ def synth(
         raise UserError("No triplet could be made: every edit was rejected ("
                         + ", ".join(f"{r}: {n}" for r, n in report.rejected.most_common(3)) + ").",
                         "Lower --min-similarity, or use a larger captioned corpus.")
-    write_triplets(report, corpus, out_path)
+    outside = write_triplets(report, corpus, out_path)
+    if outside:
+        warn(f"{outside} triplet(s) name images outside {out_path.parent.resolve()}: compose-train "
+             "will need --allow-outside-paths to read them (or write --out next to the images)")
     if json_out:
         print_json({"out": str(out_path), "triplets": len(report.triplets), "by_edit_type": dict(report.counts),
                     "rejected": dict(report.rejected)})
@@ -84,4 +91,4 @@ def synth(
     for reason, n in report.rejected.most_common():
         rej.add_row(reason, str(n))
     out.print(rej)
-    err.print(f"wrote {len(report.triplets)} triplets to {out_path}")
+    err.print(f"wrote {len(report.triplets)} triplets to {out_path}", highlight=False)

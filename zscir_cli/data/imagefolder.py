@@ -12,10 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import list_images
+from zscir_cli.data.pixels import open_limited
 
 
 @dataclass
@@ -83,9 +82,10 @@ def scan_folder(root: str | Path) -> tuple[list[FolderItem], bool]:
 
 
 def check_image(path: Path) -> str | None:
-    """None if the image decodes, else the reason."""
+    """None if the image decodes, else the reason (a decompression bomb is refused by its
+    header, never decoded)."""
     try:
-        with Image.open(path) as im:
+        with open_limited(path, path.name) as im:
             im.load()
         return None
     except Exception as e:  # noqa: BLE001 - reported per file

@@ -29,15 +29,24 @@ def _png(img) -> bytes:
 
 def prepare_shapes(ctx: Context, cfg: shapes.WorldConfig, force: bool = False) -> tuple[Artifact, bool]:
     """Generate and store the shapes world; returns (artifact, built_now)."""
-    import datasets as hf
-
     config = {"name": "shapes", "generator": shapes.GENERATOR_VERSION, **asdict(cfg)}
     key = ctx.store.key_for(KIND, config)
     found = ctx.store.get(KIND, key)
     if found is not None and not force:
         return found, False
-    if found is not None:
-        ctx.store.remove(found)
+    # a second identical command waits here, then finds the first one's artifact
+    with ctx.store.lock(KIND, key, on_wait=ctx.reporter.info):
+        found = ctx.store.get(KIND, key)
+        if found is not None and not force:
+            return found, False
+        if found is not None:
+            ctx.store.remove(found)
+        _build_shapes(ctx, cfg, key, config)
+    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
+
+
+def _build_shapes(ctx: Context, cfg: shapes.WorldConfig, key: str, config: dict[str, Any]) -> None:
+    import datasets as hf
 
     image_feature = hf.Image()
     pair_features = hf.Features({"id": hf.Value("string"), "image": image_feature,
@@ -83,15 +92,12 @@ def prepare_shapes(ctx: Context, cfg: shapes.WorldConfig, force: bool = False) -
         out.manifest["name"] = "shapes"
         out.manifest["counts"] = counts
         out.manifest["splits"] = {"pairs": ["train", "val"], "cir": ["val", "test"]}
-    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
 
 
 def prepare_imagefolder(ctx: Context, folder: str | Path, name: str | None = None,
                         skip_bad: bool = False, force: bool = False) -> tuple[Artifact, bool]:
     """Validate a user folder and record it as a data set (split 'train'); images stay in place."""
-    import datasets as hf
-
-    from zscir_cli.data.imagefolder import check_image, scan_folder
+    from zscir_cli.data.imagefolder import scan_folder
     from zscir_cli.data.images import FolderGallery
     from zscir_cli.pipeline.indexing import gallery_identity
 
@@ -106,6 +112,20 @@ def prepare_imagefolder(ctx: Context, folder: str | Path, name: str | None = Non
     found = ctx.store.get(KIND, key)
     if found is not None and not force:
         return found, False
+    with ctx.store.lock(KIND, key, on_wait=ctx.reporter.info):
+        found = ctx.store.get(KIND, key)
+        if found is not None and not force:
+            return found, False
+        _build_imagefolder(ctx, root, items, config, key, found, has_meta, skip_bad, name)
+    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
+
+
+def _build_imagefolder(ctx: Context, root: Path, items: list, config: dict[str, Any], key: str,
+                       found: Artifact | None, has_meta: bool, skip_bad: bool, name: str) -> None:
+    import datasets as hf
+
+    from zscir_cli.data.imagefolder import check_image
+
     bad = []
     for item in ctx.reporter.track(items, f"checking {len(items)} images"):
         reason = check_image(item.path)
@@ -133,7 +153,6 @@ def prepare_imagefolder(ctx: Context, folder: str | Path, name: str | None = Non
                              "captioned": captioned, "has_metadata": has_meta,
                              "skipped": [{"id": i, "error": r} for i, r in bad],
                              "splits": {"pairs": ["train"]}})
-    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
 
 
 def find_dataset(ctx: Context, name: str) -> Artifact:

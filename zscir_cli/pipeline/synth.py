@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
 
 REQUIRED = ("reference", "target", "modification")
+log = logging.getLogger("zscir.synth")
 
 
 @dataclass
@@ -44,8 +46,9 @@ def corpus_from_dataset(ctx: Context, name: str) -> Corpus:
     return Corpus(list(ds["id"]), caps, scenes, art.key)
 
 
-def corpus_from_file(path: Path) -> Corpus:
-    """JSONL ({"image": ..., "caption": ...}) or CSV (image,caption); paths relative to the file."""
+def corpus_from_file(path: Path, allow_outside: bool = False) -> Corpus:
+    """JSONL ({"image": ..., "caption": ...}) or CSV (image,caption); paths relative to the file,
+    inside its folder unless `allow_outside`."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"Captions file not found: {path}.", "Give a JSONL or CSV file of image paths and captions.")
@@ -69,7 +72,11 @@ def corpus_from_file(path: Path) -> Corpus:
         if not isinstance(img, str) or not isinstance(cap, str) or not cap.strip():
             raise UserError(f"{path}:{n}: expected an image path ('image' or 'file_name') and a caption "
                             "('caption' or 'text').", "Fix that row.")
-        ids.append(str((path.parent / img).resolve()))
+        found = inside(Path(os.path.normpath(path.parent.absolute())), img)
+        if found is None and not allow_outside:
+            raise UserError(f"{path}:{n}: image '{img}' lies outside the captions file's folder "
+                            f"{path.parent.absolute()}.", OUTSIDE_HINT)
+        ids.append(str((path.parent / Path(img).expanduser()).resolve()))
         caps.append(cap)
     if not ids:
         raise UserError(f"{path} holds no captions.", "Give a file with one image and caption a row.")
@@ -90,17 +97,26 @@ def synthesise(ctx: Context, corpus: Corpus, *, mode: str, max_triplets: int, se
                                  min_similarity=min_similarity, progress=lambda n: task.advance(n))
 
 
-def write_triplets(report: SynthReport, corpus: Corpus, out: Path) -> None:
+def write_triplets(report: SynthReport, corpus: Corpus, out: Path) -> int:
+    """Write the JSONL file; image paths are written relative to its folder (as they are read
+    back). Returns how many rows name an image outside that folder."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    folder = out.parent.resolve()
+    outside = 0
     tmp = out.with_name(f".{out.name}.incomplete")
     with open(tmp, "w", encoding="utf-8") as f:
         for t in report.triplets:
             row = t.to_json()
             if corpus.dataset_key:
                 row["dataset"] = corpus.dataset_key
+            else:
+                for field in ("reference", "target"):
+                    row[field] = Path(os.path.relpath(row[field], folder)).as_posix()
+                outside += any(row[k].startswith("../") for k in ("reference", "target"))
             f.write(json.dumps(row) + "\n")
     os.replace(tmp, out)
+    return outside
 
 
 @dataclass
@@ -108,47 +124,93 @@ class TripletFile:
     rows: list[dict[str, Any]]
     dataset_key: str | None
     skipped: list[str]
+    duplicates: int = 0  # lines that repeated an earlier (reference, target, modification)
 
 
-def read_triplets(path: Path, skip_bad: bool = False) -> TripletFile:
-    """Validate a triplet file; malformed lines are errors naming the line; missing images are
-    errors too unless `skip_bad` (then counted)."""
+OUTSIDE_HINT = ("Keep the images in the file's folder or below it, or pass --allow-outside-paths "
+                "if you trust the file.")
+
+
+def inside(folder: Path, value: str) -> Path | None:
+    """`folder / value` when it stays inside `folder` (compared without following links, so a
+    linked image folder is fine), else None: absolute paths and '..' that climbs out."""
+    rel = Path(value).expanduser()
+    if rel.is_absolute():
+        return None
+    joined = Path(os.path.normpath(folder / rel))
+    return joined if joined == folder or folder in joined.parents else None
+
+
+def _image_path(path: Path, n: int, field: str, value: str, allow_outside: bool) -> Path:
+    """Where a triplet's image lies; refused, naming the line, when it escapes the file's folder."""
+    folder = Path(os.path.normpath(path.parent.absolute()))
+    found = inside(folder, value)
+    if found is not None:
+        return found
+    if not allow_outside:
+        raise UserError(f"{path}:{n}: {field} '{value}' lies outside the triplet file's folder "
+                        f"{folder}.", OUTSIDE_HINT)
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else folder / p
+
+
+def _parse_line(path: Path, n: int, line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{n}: not valid JSON ({e.msg}).", "Fix or remove that line.") from e
+    if not isinstance(row, dict):
+        raise UserError(f"{path}:{n}: expected a JSON object.", "Each line is one triplet object.")
+    missing = [k for k in REQUIRED if not isinstance(row.get(k), str) or not row.get(k, "").strip()]
+    if missing:
+        raise UserError(f"{path}:{n}: missing or empty {', '.join(missing)}.",
+                        "Each triplet needs reference, target and modification strings.")
+    return row
+
+
+def read_triplets(path: Path, skip_bad: bool = False, *, allow_outside: bool = False,
+                  strict: bool = False) -> TripletFile:
+    """Validate a triplet file before anything is encoded. Malformed lines are errors naming the
+    line; so are image paths that leave the file's folder (absolute, or '..' climbing out)
+    unless `allow_outside`, and missing images unless `skip_bad` (then counted). A repeated
+    (reference, target, modification) is dropped and counted: it would stand twice in a batch,
+    each copy a false negative of the other; `strict` makes it an error."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"Triplet file not found: {path}.", "Write one with 'zscir synth --out FILE'.")
-    rows, keys, skipped = [], set(), []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg}).", "Fix or remove that line.") from e
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object.", "Each line is one triplet object.")
-        missing = [k for k in REQUIRED if not isinstance(row.get(k), str) or not row.get(k, "").strip()]
-        if missing:
-            raise UserError(f"{path}:{n}: missing or empty {', '.join(missing)}.",
-                            "Each triplet needs reference, target and modification strings.")
-        keys.add(row.get("dataset"))
-        if row.get("dataset") is None:
-            for field in ("reference", "target"):
-                p = Path(row[field])
-                p = p if p.is_absolute() else (path.parent / p)
-                if not p.is_file():
-                    if not skip_bad:
-                        raise UserError(f"{path}:{n}: {field} image not found: {p}.",
-                                        "Fix the path, or pass --skip-bad to leave such triplets out.")
-                    skipped.append(f"line {n}: {p}")
-                    break
-                row[field] = str(p.resolve())
-            else:
-                rows.append(row)
-            continue
-        rows.append(row)
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if line.strip()]
+    parsed = [(n, _parse_line(path, n, line)) for n, line in lines]
+    keys = {row.get("dataset") for _, row in parsed}
     if len(keys) > 1:
         raise UserError(f"{path} mixes triplets of several data sets ({', '.join(map(str, keys))}).",
                         "Use one data set per triplet file.")
+    # every path is checked before any file is opened
+    located = [(n, row, {f: _image_path(path, n, f, row[f], allow_outside) for f in ("reference", "target")}
+                if row.get("dataset") is None else None) for n, row in parsed]
+    rows, skipped, seen = [], [], {}
+    for n, row, images in located:
+        if images is not None:
+            gone = next(((f, p) for f, p in images.items() if not p.is_file()), None)
+            if gone is not None:
+                if not skip_bad:
+                    raise UserError(f"{path}:{n}: {gone[0]} image not found: {gone[1]}.",
+                                    "Fix the path, or pass --skip-bad to leave such triplets out.")
+                skipped.append(f"line {n}: {gone[1]}")
+                continue
+            row.update({f: str(p.resolve()) for f, p in images.items()})
+        key = (row["reference"], row["target"], row["modification"].strip())
+        if key in seen:
+            if strict:
+                raise UserError(f"{path}:{n}: repeats the triplet of line {seen[key]}.",
+                                "Remove the repeated lines (without --strict they are dropped).")
+            continue
+        seen[key] = n
+        rows.append(row)
     if not rows:
         raise UserError(f"{path} holds no usable triplet.", "Write triplets with 'zscir synth'.")
-    return TripletFile(rows, next(iter(keys)), skipped)
+    duplicates = len(located) - len(skipped) - len(rows)
+    if duplicates:
+        log.warning(f"{path}: dropped {duplicates} repeated triplet(s) (same reference, target and "
+                    "modification as an earlier line)")
+    return TripletFile(rows, next(iter(keys)), skipped, duplicates)
