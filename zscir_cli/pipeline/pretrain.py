@@ -41,6 +41,7 @@ from zscir_cli.model.backbone import (
     model_config,
     register_configs,
 )
+from zscir_cli.pipeline.backbones import user_errors
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
 from zscir_cli.pipeline.encode import encode_gallery
@@ -154,7 +155,8 @@ def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes", force: 
     if found is not None and not force:
         return found, False
     if model_config(cfg.model) is None:
-        check_spec(ModelSpec(cfg.model))  # raises the 'unknown model' error with choices
+        with user_errors():
+            check_spec(ModelSpec(cfg.model))  # raises the 'unknown model' error with choices
     ctx.store.ensure_writable()
     device = resolve_device(ctx.device)
     d = init_distributed(device)
