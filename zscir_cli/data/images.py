@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.data.pixels import check_pixels, open_limited
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -18,11 +19,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 def load_rgb(source: str | Path | bytes | Image.Image) -> Image.Image:
     """Open an image from a path, bytes or PIL image and convert any mode to RGB."""
     if isinstance(source, Image.Image):
-        img = source
+        img = check_pixels(source, "an image")
     elif isinstance(source, (bytes, bytearray)):
-        img = Image.open(io.BytesIO(source))
+        img = open_limited(io.BytesIO(source), "an image")
     else:
-        img = Image.open(source)
+        img = open_limited(source, str(source))
     img.load()
     return img.convert("RGB")
 
