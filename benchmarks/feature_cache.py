@@ -52,7 +52,7 @@ def main() -> None:
         gallery = FolderGallery(folder)
         cfg = Stage1Config()
         t = time.perf_counter()
-        feats = cached_features(Context(store=ArtifactStore(Path(tmp) / "cache")), backbone, gallery, grid=cfg.vsi_tokens)
+        feats = cached_features(Context(store=ArtifactStore(Path(tmp) / "cache")), backbone, gallery, grid=cfg.vsi_grid)
         t_cache = time.perf_counter() - t
         mcfg = mapping_config(backbone, cfg, int(feats.tokens.shape[2]))
         encoder = TextEncoder(backbone.model, mcfg.placeholder_id)
@@ -77,7 +77,7 @@ def main() -> None:
                     visual = torch.from_numpy(np.asarray(feats.tokens[idx], dtype=np.float32))
                 else:  # as the peers do: decode, preprocess and run the frozen image tower each step
                     images = torch.stack([backbone.preprocess(gallery.image(int(i))) for i in idx])
-                    v, visual = encode_with_tokens(backbone.model, images, cfg.vsi_tokens)
+                    v, visual = encode_with_tokens(backbone.model, images, cfg.vsi_grid)
                 step(v, visual)
             return time.perf_counter() - start
 

@@ -68,11 +68,10 @@ def test_zero_gates_equal_plain_token_injection(vit):
 
 
 def test_vsi_layers_outside_the_depth_are_refused(vit):
-    from zscir_cli.core.errors import UserError
-
     _, cfg = _cfg(vit, layers=(0, 5))
-    with pytest.raises(UserError, match=r"--vsi-layers 0,5 outside the text encoder's depth \(blocks 1..4\)"):
+    with pytest.raises(ValueError, match=r"VSI layers 0,5 outside the text encoder's depth \(blocks 1..4\)") as e:
         Mapper(cfg)
+    assert "--" not in str(e.value)  # the model layer knows no command-line flags
     assert MappingConfig.default_vsi_layers(12) == [3, 6, 9, 12]
     assert MappingConfig.default_vsi_layers(2) == [1, 2]
 
@@ -135,3 +134,19 @@ def test_info_nce_hand_computed():
     l3 = -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2)))  # b0 vs (a0, a1)
     l4 = -math.log(math.exp(1.6) / (math.exp(0) + math.exp(1.6)))  # b1 vs (a0, a1)
     assert info_nce(a, b, tau).item() == pytest.approx(((l1 + l2) / 2 + (l3 + l4) / 2) / 2, rel=1e-5)
+
+
+def test_vsi_grid_flag_and_its_renamed_alias(cli, tmp_path, monkeypatch):
+    from zscir_cli.pipeline import stage1
+
+    seen = []
+    monkeypatch.setattr(stage1, "map_train", lambda ctx, spec, cfg, resume=False: seen.append(cfg))
+    tiny = ["--model", "zscir-tiny-vit", "--pretrained", "none", "--cache-dir", tmp_path]
+    code, _, err = cli("map-train", *tiny, "--vsi-grid", "3")
+    assert code == 0 and seen[-1].vsi_grid == 3 and "renamed" not in err
+    code, _, err = cli("map-train", *tiny, "--vsi-tokens", "2")
+    assert code == 0 and seen[-1].vsi_grid == 2
+    assert "--vsi-tokens is renamed --vsi-grid" in " ".join(err.split())
+    code, out, _ = cli("map-train", "--help")
+    assert code == 0 and "--vsi-grid" in out and "--vsi-tokens" not in out
+    assert not hasattr(seen[-1], "extra") and not hasattr(seen[-1], "vsi_tokens")

@@ -15,7 +15,7 @@ from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
 from zscir_cli.model.backbone import ModelSpec, load_backbone
 from zscir_cli.model.mapping import Mapper, MappingConfig
 from zscir_cli.model.text import TextEncoder, placeholder_token_id
-from zscir_cli.pipeline.stage2 import caption_ids, likely_false_negatives, mine_hard_negatives
+from zscir_cli.pipeline.stage2_data import caption_ids, likely_false_negatives, mine_hard_negatives
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -40,9 +40,7 @@ def test_zero_initialised_adapters_leave_the_stage1_encoder_unchanged():
 
 
 def test_adapter_layers_outside_the_depth():
-    from zscir_cli.core.errors import UserError
-
-    with pytest.raises(UserError, match=r"--adapter-layers 7 outside the text encoder's depth \(blocks 1..4\)"):
+    with pytest.raises(ValueError, match=r"Adapter layers 7 outside the text encoder's depth \(blocks 1..4\)"):
         ComposingAdapters(AdapterConfig(64, 4, 8, [1, 7]))
 
 
@@ -79,6 +77,20 @@ def test_near_duplicate_captions_are_false_negatives_too():
     assert near.tolist() == [[True, True, False, True]]  # row 3's caption is unknown but its feature matches
     off = likely_false_negatives(ids, feats, rows, tgt, 1.5)
     assert off.tolist() == exact.tolist()
+
+
+def test_no_hard_negatives_is_hard_negatives_0(cli, tmp_path, monkeypatch):
+    from zscir_cli.pipeline import stage2
+
+    seen = []
+    monkeypatch.setattr(stage2, "compose_train", lambda ctx, spec, cfg, resume=False: seen.append(cfg))
+    args = ["compose-train", "--triplets", tmp_path / "t.jsonl", *TINY, "--cache-dir", tmp_path]
+    assert cli(*args)[0] == 0 and seen[-1].hard_negatives == 8
+    assert cli(*args, "--hard-negatives", "0")[0] == 0 and seen[-1].hard_negatives == 0
+    assert cli(*args, "--no-hard-negatives")[0] == 0 and seen[-1].hard_negatives == 0
+    assert not hasattr(seen[-1], "use_hard_negatives")
+    code, _, err = cli(*args, "--no-hard-negatives", "--hard-negatives", "3")
+    assert code == 2 and "--no-hard-negatives contradicts --hard-negatives 3" in err and len(seen) == 3
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +131,12 @@ def test_synth_compose_train_and_query_end_to_end(cli, cache, tmp_path):
     assert code == 0, err
     res = json.loads(out)
     run_dir = cache / "stage2" / res["run"]
-    assert {"adapters.safetensors", "adapters.json", "weights.safetensors", "config.json",
-            "metrics.jsonl"} <= {p.name for p in run_dir.iterdir()}
+    files = {p.name for p in run_dir.iterdir()}
+    assert {"adapters.safetensors", "adapters.json", "metrics.jsonl"} <= files
+    # the frozen Stage I mapper is not copied: the run names its Stage I run instead
+    assert not {"weights.safetensors", "config.json"} & files
+    stage1_weights = cache / "stage1" / res["stage1_run"] / "weights.safetensors"
+    assert sum(p.stat().st_size for p in run_dir.iterdir()) < stage1_weights.stat().st_size
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(0 <= m["hit@1"] <= 1 for m in metrics)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -155,6 +171,10 @@ def test_compose_train_bad_input(cli, cache, tmp_path):
     code, _, err = cli("compose-train", "--triplets", good, "--model", "zscir-tiny-rn", "--pretrained", "none",
                        "--cache-dir", cache)
     assert code == 2 and "No stage1 run (Stage I) trained on zscir-tiny-rn" in err
+    code, _, err = cli("compose-train", "--triplets", good, *TINY, "--adapter-layers", "1,7", "--batch-size", "16",
+                       "--cache-dir", cache, "--workers", "0")
+    assert code == 2 and "Adapter layers 7 outside the text encoder's depth (blocks 1..4)" in err
+    assert "Choose --adapter-layers between 1 and 4" in err
     code, _, err = cli("synth", "--captions", tmp_path / "none.csv", "--out", good, "--cache-dir", cache)
     assert code == 2 and "Captions file not found" in err
     code, _, err = cli("synth", "--out", good, "--cache-dir", cache)
@@ -171,6 +191,42 @@ def _scene_triplets(cli, cache: Path, tmp_path: Path, n: int) -> tuple[Path, Pat
     twin = tmp_path / "twin"
     shutil.copytree(cache, twin)
     return trip, twin
+
+
+@pytest.mark.slow
+def test_tscir_takes_the_mapper_of_its_stage1_run_unless_tuned(cli, cache, tmp_path):
+    from safetensors.torch import load_file
+
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.core.errors import UserError
+    from zscir_cli.pipeline.context import Context
+    from zscir_cli.pipeline.methods import load_method
+    from zscir_cli.pipeline.stage2 import Stage2Config, compose_train
+
+    trip = tmp_path / "t.jsonl"
+    assert cli("synth", "--data", "shapes", "--mode", "scene", "--out", trip, "--max-triplets", "64",
+               "--cache-dir", cache)[0] == 0
+    spec = ModelSpec("zscir-tiny-vit", "none")
+    ctx = Context(store=ArtifactStore(cache), workers=0)
+    cfg = Stage2Config(triplets=str(trip), epochs=1, batch_size=32, lr=1e-2, hard_negatives=2)
+    frozen = compose_train(ctx, spec, cfg)
+    tuned = compose_train(ctx, spec, Stage2Config(**{**cfg.__dict__, "tune_stage1": True}))
+    s1 = ctx.store.get("stage1", frozen.manifest["stage1_run"])
+    s1_weights = s1.path / "weights.safetensors"
+    assert not (frozen.path / "weights.safetensors").exists() and not frozen.manifest["stage1_tuned"]
+    assert (tuned.path / "weights.safetensors").stat().st_size == s1_weights.stat().st_size
+    backbone = load_backbone(spec)
+    original = load_file(str(s1_weights))
+    mapper = load_method(ctx, "tscir", backbone, frozen.key).mapper.state_dict()
+    assert all(torch.equal(mapper[k], original[k]) for k in original)
+    mapper = load_method(ctx, "tscir", backbone, tuned.key).mapper.state_dict()
+    assert any(not torch.equal(mapper[k], original[k]) for k in original)  # its own, tuned copy
+    shutil.rmtree(s1.path)
+    with pytest.raises(UserError, match=f"tscir run {frozen.key} composes Stage I run {s1.key}, which is not in"
+                       ) as e:
+        load_method(ctx, "tscir", backbone, frozen.key)
+    assert f"Restore stage1/{s1.key}" in str(e.value)
+    assert load_method(ctx, "tscir", backbone, tuned.key).mapper is not None
 
 
 def test_compose_train_resume_equals_uninterrupted(cli, cache, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zscir_cli.core.errors import UserError
 from zscir_cli.model.backbone import ModelSpec, load_backbone
 from zscir_cli.model.text import TextEncoder, placeholder_token_id
 
@@ -25,7 +24,7 @@ def test_placeholder_id_comes_from_the_tokenizer(backbone):
 
 
 def test_multi_token_placeholder_is_refused(backbone):
-    with pytest.raises(UserError, match="single token"):
+    with pytest.raises(ValueError, match="single token"):
         placeholder_token_id(backbone.tokenizer, "zzqxv")
 
 
@@ -85,3 +84,27 @@ def test_truncated_prefix_gives_the_same_features(backbone):
         short = enc(tokens, pseudo=pseudo, truncate=True)
     assert enc.can_truncate
     assert torch.allclose(full, short, atol=1e-5)
+
+
+def test_a_placeholder_typed_by_the_user_stays_an_ordinary_token(backbone):
+    from zscir_cli.model.mapping import compose_tokens
+
+    enc = TextEncoder(backbone.model, placeholder_token_id(backbone.tokenizer))
+    tokens, mask = compose_tokens(backbone.tokenizer, ["make it $5 cheaper", "make it 5 cheaper"], "$",
+                                  enc.placeholder_id)
+    assert (tokens[0] == enc.placeholder_id).sum() == 2  # the template's '$' and the user's
+    assert mask.sum(dim=1).tolist() == [1, 1] and mask[:, 4].all()  # only the template's: sot a photo of $
+    plain = backbone.tokenizer(["a photo of dog that make it $5 cheaper", "a photo of dog that make it 5 cheaper"])
+    pseudo = backbone.model.token_embedding.weight[plain[0][4]].expand(2, -1)  # the word 'dog'
+    seen = []
+    with torch.no_grad():
+        ours = enc(tokens, pseudo=pseudo, placeholder_mask=mask, truncate=True,
+                   block_hooks={1: [lambda x, _t, m: seen.append(m.sum(dim=1).tolist()) or x]})
+        every = enc(tokens, pseudo=pseudo)  # every '$' a pseudo-word: the user's '$' would become 'dog'
+        other = enc(tokens, pseudo=torch.zeros_like(pseudo), placeholder_mask=mask)
+    # the template's '$' carries the pseudo-word, the user's '$' encodes as '$'
+    assert torch.allclose(ours, backbone.model.encode_text(plain), atol=1e-5)
+    assert seen == [[1, 1]]  # block hooks (VSI) see the template's position only
+    assert not torch.allclose(ours[0], every[0], atol=1e-4) and torch.allclose(ours[1], every[1], atol=1e-5)
+    assert not torch.allclose(ours[0], ours[1], atol=1e-4)  # '$5' and '5' differ
+    assert not torch.allclose(ours, other, atol=1e-4)  # the pseudo-word still carries the image

@@ -11,6 +11,7 @@ from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, out
 from zscir_cli.cli.map_train import _layers, _rank
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained, Seed, Workers
+from zscir_cli.core.errors import UserError
 
 
 def compose_train(
@@ -21,9 +22,11 @@ def compose_train(
     adapter_dim: Annotated[int, typer.Option(min=1, help="Adapter bottleneck width.")] = 64,
     adapter_layers: Annotated[str | None, typer.Option(help="Text blocks followed by an adapter, e.g. "
                                                           "1,2 [default: every block].", show_default=False)] = None,
-    hard_negatives: Annotated[int, typer.Option(min=0, help="K mined negatives per query, re-mined every epoch.")] = 8,
-    no_hard_negatives: Annotated[bool, typer.Option("--no-hard-negatives", help="In-batch negatives only (no "
-                                                    "reference, no mined images).")] = False,
+    hard_negatives: Annotated[int | None, typer.Option(
+        min=0, help="K mined negatives per query, re-mined every epoch, besides its reference image; 0: in-batch "
+                    "negatives only.  [default: 8]", show_default=False)] = None,
+    no_hard_negatives: Annotated[bool, typer.Option("--no-hard-negatives", help="Same as --hard-negatives 0: in-batch "
+                                                    "negatives only (no reference, no mined images).")] = False,
     false_negative_similarity: Annotated[float, typer.Option(
         help="Also treat as false negatives the images whose caption feature has at least this cosine with the "
              "target's (besides equal captions); above 1 turns it off.")] = 0.98,
@@ -46,10 +49,13 @@ def compose_train(
     from zscir_cli.pipeline.stage2 import Stage2Config
     from zscir_cli.pipeline.stage2 import compose_train as run
 
+    if no_hard_negatives and hard_negatives:
+        raise UserError(f"--no-hard-negatives contradicts --hard-negatives {hard_negatives}.", "Pass one of them.")
+    k = 0 if no_hard_negatives else (8 if hard_negatives is None else hard_negatives)
     ctx = make_context(cache_dir, device, workers)
     cfg = Stage2Config(triplets=str(triplets), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                       adapter_dim=adapter_dim, adapter_layers=_layers(adapter_layers), hard_negatives=hard_negatives,
-                       use_hard_negatives=not no_hard_negatives, tune_stage1=tune_stage1,
+                       adapter_dim=adapter_dim, adapter_layers=_layers(adapter_layers), hard_negatives=k,
+                       tune_stage1=tune_stage1,
                        false_negative_similarity=false_negative_similarity,
                        stage1_weight=stage1_weight, stage1=stage1, skip_bad=skip_bad)
     art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume)

@@ -32,7 +32,9 @@ def map_train(
     vsi_layers: Annotated[str | None, typer.Option(
         help="Text blocks followed by a VSI block, 1-based, e.g. 3,6,9,12 [default: 4 spread over "
              "the depth].", show_default=False)] = None,
-    vsi_tokens: Annotated[int, typer.Option(min=1, help="Spatial grid side: M = 1 + grid^2 visual tokens.")] = 4,
+    vsi_grid: Annotated[int, typer.Option(min=1, help="Side of the grid the spatial map is pooled to: M = 1 + "
+                                                      "grid^2 visual tokens.")] = 4,
+    vsi_tokens: Annotated[int | None, typer.Option(min=1, hidden=True, help="Renamed --vsi-grid.")] = None,
     vsi_scope: Annotated[str, typer.Option(help="placeholder (only the pseudo-word's position) or all.")] = "placeholder",
     no_vsi: Annotated[bool, typer.Option("--no-vsi", help="Turn visual semantic injection off.")] = False,
     no_sta: Annotated[bool, typer.Option("--no-sta", help="Turn soft text alignment off.")] = False,
@@ -54,10 +56,14 @@ def map_train(
     from zscir_cli.pipeline.stage1 import Stage1Config
     from zscir_cli.pipeline.stage1 import map_train as run
 
+    if vsi_tokens is not None:  # the old name, which read as M rather than the grid side
+        err.print(f"--vsi-tokens is renamed --vsi-grid (the grid side; M = 1 + grid^2 tokens): using "
+                  f"--vsi-grid {vsi_tokens}.", highlight=False)
+        vsi_grid = vsi_tokens
     ctx = make_context(cache_dir, device, workers)
     cfg = Stage1Config(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                        seed=seed, temperature=temperature, vsi=not no_vsi, vsi_layers=_layers(vsi_layers),
-                       vsi_tokens=vsi_tokens, vsi_scope=vsi_scope, sta=not no_sta, sta_weight=sta_weight,
+                       vsi_grid=vsi_grid, vsi_scope=vsi_scope, sta=not no_sta, sta_weight=sta_weight,
                        dropout=dropout)
     art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume)
     if _rank() != 0 or art is None:  # under torchrun only rank 0 reports

@@ -13,8 +13,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zscir_cli.core.errors import UserError
-
 WEIGHTS = "adapters.safetensors"
 CONFIG = "adapters.json"
 
@@ -47,8 +45,8 @@ class ComposingAdapters(nn.Module):
         layers = cfg.layers or list(range(1, cfg.depth + 1))
         bad = [i for i in layers if not 1 <= i <= cfg.depth]
         if bad:
-            raise UserError(f"--adapter-layers {','.join(map(str, bad))} outside the text encoder's depth "
-                            f"(blocks 1..{cfg.depth}).", f"Choose layers between 1 and {cfg.depth}.")
+            raise ValueError(f"Adapter layers {','.join(map(str, bad))} outside the text encoder's depth "
+                             f"(blocks 1..{cfg.depth}).")
         self.cfg = AdapterConfig(cfg.width, cfg.depth, cfg.dim, layers)
         self.blocks = nn.ModuleDict({str(i): Adapter(cfg.width, cfg.dim) for i in layers})
 

@@ -26,7 +26,10 @@ def soft_text_alignment(t: torch.Tensor, u: torch.Tensor, temperature: float = 0
     return F.kl_div(log_p, q, reduction="batchmean")
 
 
-def contrastive_with_candidates(query: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor,
-                                temperature: float = 0.07) -> torch.Tensor:
-    """Cross-entropy of each query (B, E) over candidates (C, E); targets (B,) index the candidates."""
-    return F.cross_entropy(query @ candidates.T / temperature, targets)
+def candidate_logits(query: torch.Tensor, candidates: torch.Tensor, banned: torch.Tensor,
+                     temperature: float = 0.07) -> torch.Tensor:
+    """(B, C) logits of queries (B, E) over candidates (C, E); -inf where banned (B, C) is True,
+    so a candidate that may show the query's target is neither a positive nor a negative.
+    Stage II's loss is their cross-entropy against the index of each query's target."""
+    logits = query @ candidates.T / temperature  # (B, C)
+    return logits.masked_fill(banned, float("-inf"))

@@ -8,6 +8,7 @@ config beside the weights rebuilds it: `Mapper(MappingConfig(**json))`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,13 +16,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zscir_cli.core.errors import UserError
 from zscir_cli.model.text import TextEncoder
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 PROMPT = "a photo of $"  # Stage I training prompt
 COMPOSE_PROMPT = "a photo of $ that {text}"  # the composed query (CIRR/CIRCO protocol)
+
+
+def first_placeholders(tokens: torch.Tensor, placeholder_id: int, count: int) -> torch.Tensor:
+    """(B, L) bool: the first `count` placeholder tokens of each row of tokens (B, L)."""
+    hits = tokens == placeholder_id
+    return hits & (hits.cumsum(dim=1) <= count)
+
+
+def compose_tokens(tokenizer: Callable, texts: Sequence[str], placeholder: str,
+                   placeholder_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (B, L) of COMPOSE_PROMPT for each modification text, and the mask (B, L) of the
+    template's pseudo-word.
+
+    The template puts its placeholder before the text, so it is the first placeholder token of
+    each row; one the user typed ("make it $5 cheaper") comes later and stays an ordinary word.
+    """
+    template = COMPOSE_PROMPT.replace("$", placeholder)
+    tokens = tokenizer([template.format(text=t) for t in texts])
+    own = template.split("{text}")[0].count(placeholder)
+    return tokens, first_placeholders(tokens, placeholder_id, own)
 
 
 @dataclass
@@ -69,8 +89,7 @@ class VSIBlock(nn.Module):
     def __init__(self, width: int, token_dim: int, heads: int):
         super().__init__()
         if width % heads:
-            raise UserError(f"VSI heads ({heads}) must divide the text width ({width}).",
-                            "Choose another --vsi-heads.")
+            raise ValueError(f"VSI heads ({heads}) must divide the text width ({width}).")
         self.ln = nn.LayerNorm(width)
         self.to_width = nn.Linear(token_dim, width)  # visual tokens -> text width
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
@@ -94,12 +113,11 @@ class Mapper(nn.Module):
     def __init__(self, cfg: MappingConfig):
         super().__init__()
         if cfg.vsi_scope not in ("placeholder", "all"):
-            raise UserError(f"Unknown VSI scope '{cfg.vsi_scope}'.", "Use placeholder or all.")
+            raise ValueError(f"Unknown VSI scope '{cfg.vsi_scope}': placeholder or all.")
         bad = [i for i in cfg.vsi_layers if not 1 <= i <= cfg.text_depth]
         if bad:
-            raise UserError(f"--vsi-layers {','.join(map(str, bad))} outside the text encoder's "
-                            f"depth (blocks 1..{cfg.text_depth}).",
-                            f"Choose layers between 1 and {cfg.text_depth}.")
+            raise ValueError(f"VSI layers {','.join(map(str, bad))} outside the text encoder's "
+                             f"depth (blocks 1..{cfg.text_depth}).")
         self.cfg = cfg
         self.phi = TokenLearner(cfg.image_dim, cfg.text_width, cfg.hidden_mult, cfg.dropout)
         self.vsi = nn.ModuleDict({str(i): VSIBlock(cfg.text_width, cfg.token_dim, cfg.vsi_heads)
@@ -113,12 +131,16 @@ class Mapper(nn.Module):
                 for i, blk in self.vsi.items()}
 
     def encode(self, encoder: TextEncoder, tokens: torch.Tensor, v: torch.Tensor,
-               visual: torch.Tensor | None = None, extra_hooks: dict[int, list] | None = None) -> torch.Tensor:
-        """tokens (B, L) holding the placeholder; v (B, D); visual (B, M, D) -> (B, E) normalised."""
+               visual: torch.Tensor | None = None, extra_hooks: dict[int, list] | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L) holding the placeholder; v (B, D); visual (B, M, D) -> (B, E) normalised.
+
+        mask (B, L): the pseudo-word positions (see `compose_tokens`); None: every placeholder.
+        """
         hooks = self.hooks(visual)
         for i, fns in (extra_hooks or {}).items():
             hooks[i] = hooks.get(i, []) + list(fns)
-        feats = encoder(tokens, pseudo=self.phi(v), block_hooks=hooks, truncate=True)
+        feats = encoder(tokens, pseudo=self.phi(v), block_hooks=hooks, truncate=True, placeholder_mask=mask)
         return F.normalize(feats.float(), dim=-1)
 
     # -- persistence ------------------------------------------------------------------------------
@@ -149,6 +171,6 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: Path)
     if missing or extra or shapes:
         parts = ([f"missing {missing[:3]}"] if missing else []) + \
                 ([f"unexpected {extra[:3]}"] if extra else []) + shapes[:3]
-        raise UserError(f"{source} does not fit its config: " + "; ".join(parts) + ".",
-                        "The run is damaged or from another version; train it again.")
+        raise ValueError(f"{source} does not fit its config: " + "; ".join(parts) + "; the run is "
+                         "damaged or from another version.")
     module.load_state_dict(state)

@@ -5,6 +5,10 @@ is replaced by a learned vector. Its id comes from the tokenizer, never a consta
 replacement is done by mask, so any number of placeholders at any position work. A prompt
 without the placeholder encodes exactly as `model.encode_text` does.
 
+By default every placeholder token is a pseudo-word. A prompt that embeds user text passes the
+mask of the positions its template put there (`placeholder_mask`), so a '$' the user typed
+("make it $5 cheaper") stays an ordinary token.
+
 `TextEncoder` re-runs OpenCLIP's text tower block by block so that later stages can insert
 modules after chosen blocks (`block_hooks`).
 """
@@ -15,8 +19,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-
-from zscir_cli.core.errors import UserError
 
 DEFAULT_PLACEHOLDER = "$"
 
@@ -35,8 +37,8 @@ def placeholder_token_id(tokenizer, placeholder: str = DEFAULT_PLACEHOLDER) -> i
             special.add(value)
     ids = [t for t in row if t not in special]
     if len(ids) != 1:
-        raise UserError(f"The placeholder '{placeholder}' is {len(ids)} tokens for this tokenizer, "
-                        "not one.", "Choose a placeholder that is a single token, such as '$' or '*'.")
+        raise ValueError(f"The placeholder '{placeholder}' is {len(ids)} tokens for this tokenizer, "
+                         "not a single token such as '$' or '*'.")
     return int(ids[0])
 
 
@@ -52,9 +54,9 @@ class TextEncoder(nn.Module):
         for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final",
                      "text_projection"):
             if not hasattr(clip, attr):
-                raise UserError("This model's text tower is not an OpenAI-style CLIP transformer "
-                                f"(no '{attr}'), which the pseudo-word method needs.",
-                                "Choose a CLIP architecture such as ViT-L-14 or ViT-B-32.")
+                raise ValueError("This model's text tower is not an OpenAI-style CLIP transformer "
+                                 f"(no '{attr}'), which the pseudo-word method needs; CLIP "
+                                 "architectures such as ViT-L-14 or ViT-B-32 have one.")
         object.__setattr__(self, "clip", clip)  # not a submodule: see the class docstring
         self.placeholder_id = int(placeholder_id)
 
@@ -73,8 +75,11 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, pseudo: torch.Tensor | None = None,
                 block_hooks: dict[int, Sequence[BlockHook]] | None = None,
-                truncate: bool = False) -> torch.Tensor:
+                truncate: bool = False, placeholder_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, L); pseudo (B, C) or None -> unnormalised features (B, D).
+
+        `placeholder_mask` (B, L) marks the positions that take `pseudo` (and that VSI hooks see);
+        None marks every placeholder token.
 
         `block_hooks[i]` run after block i (1-based, as method.md counts layers).
         `truncate` drops the padding after the batch's last end-of-text token before running the
@@ -85,13 +90,13 @@ class TextEncoder(nn.Module):
         clip = self.clip
         attn_mask = clip.attn_mask
         pos = clip.positional_embedding
+        mask = tokens == self.placeholder_id if placeholder_mask is None else placeholder_mask  # (B, L)
         if truncate and self.can_truncate:
             length = int(tokens.argmax(dim=-1).max()) + 1
-            tokens, pos = tokens[:, :length], pos[:length]
+            tokens, pos, mask = tokens[:, :length], pos[:length], mask[:, :length]
             attn_mask = attn_mask[:length, :length]
         cast_dtype = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(tokens).to(cast_dtype)  # (B, L, C)
-        mask = tokens == self.placeholder_id  # (B, L)
         if pseudo is not None:
             x = torch.where(mask.unsqueeze(-1), pseudo.to(cast_dtype).unsqueeze(1), x)
         x = x + pos.to(cast_dtype)

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zscir_cli.core.errors import UserError
-
 
 def tower_kind(model: nn.Module) -> str:
     visual = model.visual
@@ -22,8 +20,8 @@ def tower_kind(model: nn.Module) -> str:
         return "vit"
     if hasattr(visual, "layer4") and hasattr(visual, "attnpool"):
         return "resnet"
-    raise UserError(f"Spatial tokens are not supported for the image tower {type(visual).__name__}.",
-                    "Use an OpenCLIP ViT or ModifiedResNet architecture, or --no-vsi.")
+    raise ValueError(f"Spatial tokens are not supported for the image tower {type(visual).__name__}; "
+                     "OpenCLIP ViT and ModifiedResNet towers have them.")
 
 
 def token_count(model: nn.Module, grid: int, image_size: int | None = None) -> int:

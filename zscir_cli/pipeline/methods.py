@@ -24,7 +24,7 @@ from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.model.adapters import ComposingAdapters
 from zscir_cli.model.backbone import Backbone
-from zscir_cli.model.mapping import COMPOSE_PROMPT, Mapper
+from zscir_cli.model.mapping import COMPOSE_PROMPT, Mapper, compose_tokens
 from zscir_cli.model.text import TextEncoder
 from zscir_cli.pipeline.context import Context
 
@@ -75,18 +75,20 @@ class QueryMethod:
             return torch.nn.functional.normalize(ref + txt, dim=-1).numpy()
         if self.needs_tokens and ref_tokens is None:
             raise ValueError("this method needs the references' spatial tokens")
-        encoder = TextEncoder(self.backbone.model, self.mapper.cfg.placeholder_id)
+        cfg = self.mapper.cfg
+        encoder = TextEncoder(self.backbone.model, cfg.placeholder_id)
         device = self.backbone.device
         out = []
         with torch.inference_mode():
             for s in range(0, len(texts), batch_size):
-                prompts = [self.prompt.format(text=t) for t in texts[s:s + batch_size]]
-                tokens = self.backbone.tokenizer(prompts).to(device)
+                tokens, mask = compose_tokens(self.backbone.tokenizer, texts[s:s + batch_size], cfg.placeholder,
+                                              cfg.placeholder_id)
                 v = ref[s:s + batch_size].to(device)
                 vis = (torch.from_numpy(np.asarray(ref_tokens[s:s + batch_size], dtype=np.float32)).to(device)
                        if self.needs_tokens else None)
                 hooks = self.adapters.hooks() if self.adapters is not None else None
-                out.append(self.mapper.encode(encoder, tokens, v, vis, extra_hooks=hooks).cpu())
+                out.append(self.mapper.encode(encoder, tokens.to(device), v, vis, extra_hooks=hooks,
+                                              mask=mask.to(device)).cpu())
         return torch.cat(out).numpy() if out else ref[:0].numpy()
 
 
@@ -96,15 +98,16 @@ def load_method(ctx: Context, name: str, backbone: Backbone, run: str | None = N
     if name in BASELINES:
         return QueryMethod(name, backbone)
     if name == "tscir":
-        from zscir_cli.pipeline.stage2 import find_stage2
+        from zscir_cli.pipeline.stage2 import find_stage2, load_stage2
 
         art = find_stage2(ctx, backbone.spec, run)
-        return QueryMethod(name, backbone, Mapper.load(art.path, backbone.device), art,
-                           ComposingAdapters.load(art.path, backbone.device))
+        mapper, adapters = load_stage2(ctx, art, backbone.device)
+        return QueryMethod(name, backbone, mapper, art, adapters)
     from zscir_cli.pipeline.stage1 import find_stage1
+    from zscir_cli.pipeline.stage_shared import load_mapper
 
     art = find_stage1(ctx, backbone.spec, name, run)
-    return QueryMethod(name, backbone, Mapper.load(art.path, backbone.device), art)
+    return QueryMethod(name, backbone, load_mapper(art, backbone.device), art)
 
 
 def available_methods(ctx: Context, backbone: Backbone) -> list[str]:

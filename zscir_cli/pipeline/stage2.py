@@ -1,9 +1,14 @@
 """`zscir compose-train`: Stage II, composing adapters trained on synthetic triplets with hard
-negative mining (method.md, Stage II). Uses the training machinery of Stage I as it is."""
+negative mining (method.md, Stage II). Uses the training machinery of Stage I as it is.
+
+A finished run stores its adapters and names its Stage I run (`stage1_run`); only a run with
+--tune-stage1 stores the mapper it tuned.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,30 +16,31 @@ import torch
 from torch import nn
 
 from zscir_cli.core.cache import Artifact, identity
-from zscir_cli.core.device import autocast, resolve_device, seed_everything
+from zscir_cli.core.device import autocast, seed_everything
 from zscir_cli.core.errors import UserError
 from zscir_cli.core.jsonutil import file_sha256
-from zscir_cli.core.progress import NULL_REPORTER
 from zscir_cli.data.images import DatasetGallery, FilesGallery, Gallery
 from zscir_cli.data.synth import normalise
 from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
-from zscir_cli.model.backbone import ModelSpec, load_backbone
-from zscir_cli.model.losses import info_nce
-from zscir_cli.model.mapping import COMPOSE_PROMPT, PROMPT, Mapper
+from zscir_cli.model.backbone import Backbone, ModelSpec
+from zscir_cli.model.losses import candidate_logits, info_nce
+from zscir_cli.model.mapping import PROMPT, WEIGHTS, Mapper, compose_tokens
 from zscir_cli.model.text import TextEncoder
+from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import load_split
-from zscir_cli.pipeline.features import FeatureSet, cached_features
+from zscir_cli.pipeline.features import FeatureSet
 from zscir_cli.pipeline.stage1 import find_stage1
-from zscir_cli.pipeline.synth import read_triplets
-from zscir_cli.pipeline.training import (
-    TrainSpec,
-    device_for,
-    find_run,
-    gather,
-    init_distributed,
-    train,
+from zscir_cli.pipeline.stage2_data import HardNegativeMiner, TripletData
+from zscir_cli.pipeline.stage_shared import (
+    load_adapters,
+    load_mapper,
+    shared_features,
+    start_run,
+    text_encoder,
 )
+from zscir_cli.pipeline.synth import TripletFile, read_triplets
+from zscir_cli.pipeline.training import Dist, TrainSpec, find_run, gather, train
 
 KIND = "stage2"
 
@@ -49,9 +55,9 @@ class Stage2Config:
     seed: int = 0
     adapter_dim: int = 64  # bottleneck width
     adapter_layers: list[int] | None = None  # 1-based blocks; None = every block
-    hard_negatives: int = 8  # K mined gallery negatives per query (0 or use_hard_negatives=False: none)
-    use_hard_negatives: bool = True  # also adds each query's reference image as a negative
-    tune_stage1: bool = False  # unfreeze the Stage I mapper
+    # K mined negatives per query, besides its reference image; 0: in-batch negatives only
+    hard_negatives: int = 8
+    tune_stage1: bool = False  # unfreeze the Stage I mapper (the run then stores its own copy)
     stage1_weight: float = 0.0  # weight of the Stage I loss, to keep a tuned mapping from drifting
     temperature: float = 0.07
     # an image is a likely false negative of a query when its caption equals the target's, or
@@ -78,196 +84,146 @@ class Stage2Net(nn.Module):
         return self
 
     def forward(self, tokens: torch.Tensor, v: torch.Tensor, visual: torch.Tensor | None,
-                compose: bool = True) -> torch.Tensor:
+                compose: bool = True, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.mapper.encode(self.encoder, tokens, v, visual,
-                                  extra_hooks=self.adapters.hooks() if compose else None)
+                                  extra_hooks=self.adapters.hooks() if compose else None, mask=mask)
 
 
-def _rows(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(x[idx], dtype=np.float32)).to(device)
-
-
-def caption_ids(captions: list[str]) -> np.ndarray:
-    """An integer per image row, equal for equal normalised captions; unknown ('') never equal."""
-    ids: dict[str, int] = {}
-    return np.array([ids.setdefault(c, len(ids)) if c else -1 - i for i, c in enumerate(captions)], dtype=np.int64)
-
-
-def likely_false_negatives(cap_ids: np.ndarray, caption_feats: torch.Tensor | None, rows: np.ndarray,
-                           targets: np.ndarray, threshold: float) -> torch.Tensor:
-    """(len(targets), len(rows)) bool: image rows[c] is a likely false negative for a query whose
-    target is targets[q]: the same image, the same (normalised) caption, or a caption feature
-    within `threshold` cosine of the target's."""
-    out = torch.from_numpy((rows[None, :] == targets[:, None]) | (cap_ids[rows][None, :] == cap_ids[targets][:, None]))
-    if caption_feats is not None and threshold <= 1.0:
-        out |= (caption_feats[targets] @ caption_feats[rows].T) >= threshold  # (Q, C)
-    return out
-
-
-def mine_hard_negatives(queries: torch.Tensor, pool: np.ndarray, pool_feats: torch.Tensor, ref: np.ndarray,
-                        tgt: np.ndarray, cap_ids: np.ndarray, k: int, caption_feats: torch.Tensor | None = None,
-                        threshold: float = 2.0) -> np.ndarray:
-    """The k pool images nearest to each query, best first, never the query's true target, its
-    reference (already a negative of its own), nor a likely false negative (see
-    `likely_false_negatives`).
-
-    queries (n, E); pool (P,) image rows with features pool_feats (P, E); ref, tgt (n,) rows;
-    cap_ids: `caption_ids` of every image row; caption_feats: (N, E')
-    normalised caption features of every image row, or None. Returns (n, k) image rows.
-    """
-    scores = queries.float() @ pool_feats.T  # (n, P)
-    banned = likely_false_negatives(cap_ids, caption_feats, pool, tgt, threshold)
-    banned |= torch.from_numpy(pool[None, :] == ref[:, None])
-    scores = scores.masked_fill(banned, -torch.inf)
-    kk = min(k, len(pool))
-    best = torch.topk(scores, kk, dim=1)
-    out = pool[best.indices.numpy()]  # (n, kk)
-    # where fewer than k images are allowed, the reference (a true negative) fills the gap
-    out = np.where(np.isfinite(best.values.numpy()), out, ref[:, None])
-    if kk < k:
-        out = np.concatenate([out, np.repeat(ref[:, None], k - kk, axis=1)], axis=1)
-    return out
-
-
-def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: bool = False,
-                  stop_after_epoch: int | None = None) -> Artifact | None:
-    device = resolve_device(ctx.device)
-    d = init_distributed(device)
-    device = device_for(d, device)
-    if not d.main:
-        ctx = replace(ctx, reporter=NULL_REPORTER)
-    trip = read_triplets(Path(cfg.triplets), skip_bad=cfg.skip_bad)
-    if trip.skipped:
-        ctx.reporter.info(f"left out {len(trip.skipped)} triplet(s) with a missing image")
-    backbone = load_backbone(spec, cache_dir=ctx.store.root, device=device)
-    s1 = find_stage1(ctx, backbone.spec, "stage1", cfg.stage1)
-    mapper = Mapper.load(s1.path, device)
-    grid = mapper.cfg.grid
-
-    # the images of the triplet set and their frozen features
+def triplet_images(ctx: Context, trip: TripletFile) -> tuple[Gallery, list[str], list[dict]]:
+    """The images the triplets name, their raw captions (one per image, '' when unknown) and the
+    inputs to record: a prepared data set's train split, else the image files themselves."""
     if trip.dataset_key is not None:
         data = ctx.store.get("dataset", trip.dataset_key)
         if data is None:
             raise UserError(f"The triplets name data set {trip.dataset_key}, which is not in {ctx.store.root}.",
                             "Prepare that data set again, or use the cache the triplets were made with.")
         ds = load_split(data, "pairs", "train")
-        gallery: Gallery = DatasetGallery(ds, {"kind": "dataset", "dataset": identity(data), "part": "pairs",
-                                               "split": "train"})
-        captions = [normalise(c) for c in ds["caption"]]
-        inputs = [identity(data)]
-    else:
-        paths = sorted({r[k] for r in trip.rows for k in ("reference", "target")})
-        gallery = FilesGallery(paths)
-        cap_raw: dict[str, str] = {}
-        for r in trip.rows:
-            cap_raw.setdefault(r["reference"], r.get("reference_caption", ""))
-            cap_raw.setdefault(r["target"], r.get("target_caption", ""))
-        captions = [normalise(cap_raw[p]) for p in paths]
-        inputs = []
-    feats: FeatureSet
-    if d.main:
-        feats = cached_features(ctx, backbone, gallery, grid=grid)
-    d.barrier()
-    if not d.main:
-        feats = cached_features(ctx, backbone, gallery, grid=grid)
-    row_of = {g: i for i, g in enumerate(feats.ids)}
-    unknown = [r["reference"] for r in trip.rows if r["reference"] not in row_of] + \
-              [r["target"] for r in trip.rows if r["target"] not in row_of]
-    if unknown:
-        raise UserError(f"{len(unknown)} triplet image(s) are not in the data set, e.g. {unknown[0]}.",
-                        "Write the triplets again with 'zscir synth' for this data set.")
-    ref = np.array([row_of[r["reference"]] for r in trip.rows])
-    tgt = np.array([row_of[r["target"]] for r in trip.rows])
-    pool = np.unique(np.concatenate([ref, tgt]))  # the triplet set's images: where negatives are mined
-    cap_ids = caption_ids(captions)
-    caption_feats = None
-    if cfg.false_negative_similarity <= 1.0 and all(captions):
-        raw = list(ds["caption"]) if trip.dataset_key is not None else [cap_raw[p] for p in feats.ids]
-        caption_feats = torch.from_numpy(np.asarray(
-            FeatureSet.captions_of(ctx, backbone, raw), dtype=np.float32))
+        gallery = DatasetGallery(ds, {"kind": "dataset", "dataset": identity(data), "part": "pairs",
+                                      "split": "train"})
+        return gallery, list(ds["caption"]), [identity(data)]
+    paths = sorted({r[k] for r in trip.rows for k in ("reference", "target")})
+    raw: dict[str, str] = {}
+    for r in trip.rows:
+        raw.setdefault(r["reference"], r.get("reference_caption", ""))
+        raw.setdefault(r["target"], r.get("target_caption", ""))
+    return FilesGallery(paths), [raw[p] for p in paths], []
 
-    seed_everything(cfg.seed)
-    encoder = TextEncoder(backbone.model, mapper.cfg.placeholder_id)
-    adapters = ComposingAdapters(AdapterConfig(encoder.width, encoder.depth, cfg.adapter_dim,
-                                               cfg.adapter_layers or [])).to(device)
-    net = Stage2Net(mapper, adapters, encoder, cfg.tune_stage1)
-    prompts = [COMPOSE_PROMPT.replace("$", mapper.cfg.placeholder).format(text=r["modification"]) for r in trip.rows]
-    tokens = backbone.tokenizer(prompts)  # (N, L)
-    plain = backbone.tokenizer([PROMPT.replace("$", mapper.cfg.placeholder)]).to(device)
-    vis = bool(mapper.cfg.vsi_layers)
-    k = cfg.hard_negatives if cfg.use_hard_negatives else 0
-    mined = np.zeros((len(trip.rows), k), dtype=np.int64)
-    pool_feats = torch.from_numpy(np.asarray(feats.image[pool], dtype=np.float32))
 
-    def mine(model: nn.Module, epoch: int) -> None:
-        """Re-mine every query's K nearest triplet-set images under the current model."""
-        if k == 0:
-            return
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            for s in range(0, len(trip.rows), 512):
-                idx = np.arange(s, min(len(trip.rows), s + 512))
-                q = model(tokens[idx].to(device), _rows(feats.image, ref[idx], device),
-                          _rows(feats.tokens, ref[idx], device) if vis else None).float().cpu()
-                mined[idx] = mine_hard_negatives(q, pool, pool_feats, ref[idx], tgt[idx], cap_ids, k,
-                                                 caption_feats, cfg.false_negative_similarity)
-        model.train(was)
+def _caption_features(ctx: Context, backbone: Backbone, raw: list[str], normalised: list[str],
+                      threshold: float) -> torch.Tensor | None:
+    """Caption features for the feature-similarity test, when it is on and every image has a caption."""
+    if threshold > 1.0 or not all(normalised):
+        return None
+    return torch.from_numpy(np.asarray(FeatureSet.captions_of(ctx, backbone, raw), dtype=np.float32))
 
-    def step_fn(model: nn.Module, local: torch.Tensor, batch: torch.Tensor):
+
+@dataclass
+class ComposeLoss:
+    """A training step's loss: each query's target against the global batch's targets and, with
+    K > 0, the batch's references and mined images, likely false negatives masked out
+    (+ the Stage I loss with `cfg.stage1_weight`)."""
+
+    data: TripletData
+    miner: HardNegativeMiner
+    cfg: Stage2Config
+    plain: torch.Tensor  # (1, L) tokens of PROMPT, for the Stage I loss
+    use_visual: bool
+    device: torch.device
+    d: Dist
+
+    def __call__(self, model: nn.Module, local: torch.Tensor, batch: torch.Tensor):
         li, gi = local.numpy(), batch.numpy()
-        v = _rows(feats.image, ref[li], device)
-        visual = _rows(feats.tokens, ref[li], device) if vis else None
-        with autocast(device):
-            q_local = model(tokens[li].to(device), v, visual)
-        q = gather(q_local.float(), d)  # (B, E): the whole global batch, in order
-        cand_rows = [tgt[gi]]
-        if cfg.use_hard_negatives:
-            cand_rows += [ref[gi], mined[gi].reshape(-1)]
-        rows = np.concatenate(cand_rows)  # (C,)
-        cands = _rows(feats.image, rows, device)
-        logits = q @ cands.T / cfg.temperature  # (B, C)
+        tokens, mask, v, visual = self.data.query_inputs(li, self.device, self.use_visual)
+        with autocast(self.device):
+            q_local = model(tokens, v, visual, mask=mask)
+        q = gather(q_local.float(), self.d)  # (B, E): the whole global batch, in order
+        tgt = self.data.tgt[gi]
+        rows = np.concatenate([tgt, *self.miner.negatives(gi)])  # (C,): the targets first
         # another query's target, reference or mined image may show this query's target: not a negative
-        same = likely_false_negatives(cap_ids, caption_feats, rows, tgt[gi], cfg.false_negative_similarity)
-        same = same.to(device)
+        same = self.data.false_negatives(rows, tgt, self.cfg.false_negative_similarity).to(self.device)
         same[torch.arange(len(gi)), torch.arange(len(gi))] = False  # the positive itself
-        logits = logits.masked_fill(same, float("-inf"))
-        labels = torch.arange(len(gi), device=device)
+        logits = candidate_logits(q, self.data.images(rows, self.device), same, self.cfg.temperature)
+        labels = torch.arange(len(gi), device=self.device)
         loss = nn.functional.cross_entropy(logits, labels)
+        # hit@1 logs the batch's own masked logits, exactly as the loss sees them (candidates
+        # differ per batch and carry a per-query mask): an argmax, not a gallery ranking
         logs = {"compose": loss.item(), "hit@1": float((logits.argmax(1) == labels).float().mean())}
-        if cfg.stage1_weight > 0:
-            t = gather(model(plain.expand(len(li), -1), v, visual, compose=False).float(), d)
-            s1_loss = info_nce(t, gather(v, d), cfg.temperature)
-            loss = loss + cfg.stage1_weight * s1_loss
+        if self.cfg.stage1_weight > 0:
+            t = gather(model(self.plain.expand(len(li), -1), v, visual, compose=False).float(), self.d)
+            s1_loss = info_nce(t, gather(v, self.d), self.cfg.temperature)
+            loss = loss + self.cfg.stage1_weight * s1_loss
             logs["stage1"] = s1_loss.item()
         return loss, logs
 
-    config = {k_: v for k_, v in asdict(cfg).items() if k_ not in ("triplets", "stage1", "skip_bad")}
+
+def build_adapters(encoder: TextEncoder, cfg: Stage2Config) -> ComposingAdapters:
+    try:
+        return ComposingAdapters(AdapterConfig(encoder.width, encoder.depth, cfg.adapter_dim,
+                                               cfg.adapter_layers or []))
+    except ValueError as e:
+        raise UserError(str(e), f"Choose --adapter-layers between 1 and {encoder.depth}.") from e
+
+
+def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifact, data: TripletData,
+                adapters: ComposingAdapters, inputs: list[dict], skipped: int) -> TrainSpec:
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("triplets", "stage1", "skip_bad")}
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
-                   "triplets_sha256": file_sha256(Path(cfg.triplets)), "triplets": len(trip.rows),
+                   "triplets_sha256": file_sha256(Path(cfg.triplets)), "triplets": len(data),
                    "adapter_layers": adapters.cfg.layers})
-    inputs = inputs + [identity(s1), identity(feats.artifact)]
-    key = ctx.store.key_for(KIND, config, inputs)
-    found = ctx.store.get(KIND, key)
+    inputs = inputs + [identity(s1), identity(data.feats.artifact)]
+    return TrainSpec(kind=KIND, key=ctx.store.key_for(KIND, config, inputs), config=config, inputs=inputs,
+                     seed=cfg.seed, model=backbone.spec.identity(),
+                     description=f"composing adapters on {len(data)} triplets ({Path(cfg.triplets).name}), "
+                                 f"{backbone.spec.label()}, {cfg.epochs} epochs, seed {cfg.seed}",
+                     n_items=len(data), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay,
+                     extra_manifest={"method": "tscir", "stage1_run": s1.key, "stage1_tuned": cfg.tune_stage1,
+                                     "triplets_file": str(cfg.triplets), "triplets_skipped": skipped,
+                                     "hard_negatives": cfg.hard_negatives})
+
+
+def _save_run(adapters: ComposingAdapters, tuned: Mapper | None, folder: Path) -> None:
+    """The adapters; the Stage I mapper only when tuned (else the run names its Stage I run)."""
+    adapters.save(folder)
+    if tuned is not None:
+        tuned.save(folder)
+
+
+def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: bool = False,
+                  stop_after_epoch: int | None = None) -> Artifact | None:
+    ctx, device, d = start_run(ctx)
+    trip = read_triplets(Path(cfg.triplets), skip_bad=cfg.skip_bad)
+    if trip.skipped:
+        ctx.reporter.info(f"left out {len(trip.skipped)} triplet(s) with a missing image")
+    backbone = open_backbone(ctx, spec, device)
+    s1 = find_stage1(ctx, backbone.spec, "stage1", cfg.stage1)
+    mapper = load_mapper(s1, device)
+    gallery, raw_captions, inputs = triplet_images(ctx, trip)
+    feats = shared_features(ctx, backbone, gallery, d, mapper.cfg.grid)
+    captions = [normalise(c) for c in raw_captions]
+    tokenize = partial(compose_tokens, backbone.tokenizer, placeholder=mapper.cfg.placeholder,
+                       placeholder_id=mapper.cfg.placeholder_id)
+    data = TripletData.from_triplets(trip.rows, feats, captions, tokenize)
+    data.caption_feats = _caption_features(ctx, backbone, raw_captions, captions, cfg.false_negative_similarity)
+
+    seed_everything(cfg.seed)  # the adapters' initial weights follow the seed
+    encoder = text_encoder(backbone, mapper.cfg.placeholder_id)
+    adapters = build_adapters(encoder, cfg).to(device)
+    net = Stage2Net(mapper, adapters, encoder, cfg.tune_stage1)
+    tspec = _train_spec(ctx, cfg, backbone, s1, data, adapters, inputs, len(trip.skipped))
+    found = ctx.store.get(KIND, tspec.key)
     if found is not None:  # finished already (with --resume too: nothing is left to do)
         return found
-
-    def finalize(folder: Path) -> None:
-        adapters.save(folder)
-        mapper.save(folder)  # the (possibly tuned) Stage I parts travel with the run
-
-    n = len(trip.rows)
-    if n < cfg.batch_size:
-        raise UserError(f"{n} triplets are fewer than one batch ({cfg.batch_size}).",
-                        f"Pass --batch-size {max(2, n // 2 * 2)} or synthesise more triplets.")
-    tspec = TrainSpec(kind=KIND, key=key, config=config, inputs=inputs, seed=cfg.seed, model=backbone.spec.identity(),
-                      description=f"composing adapters on {n} triplets ({Path(cfg.triplets).name}), "
-                                  f"{backbone.spec.label()}, {cfg.epochs} epochs, seed {cfg.seed}",
-                      n_items=n, batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
-                      weight_decay=cfg.weight_decay,
-                      extra_manifest={"method": "tscir", "stage1_run": s1.key, "triplets_file": str(cfg.triplets),
-                                      "triplets_skipped": len(trip.skipped), "hard_negatives": k})
-    return train(ctx, tspec, net, device=device, d=d, step_fn=step_fn, on_epoch_start=mine, finalize=finalize,
+    if len(data) < cfg.batch_size:
+        raise UserError(f"{len(data)} triplets are fewer than one batch ({cfg.batch_size}).",
+                        f"Pass --batch-size {max(2, len(data) // 2 * 2)} or synthesise more triplets.")
+    use_visual = bool(mapper.cfg.vsi_layers)
+    miner = HardNegativeMiner(data, cfg.hard_negatives, cfg.false_negative_similarity, use_visual, device)
+    plain = backbone.tokenizer([PROMPT.replace("$", mapper.cfg.placeholder)]).to(device)
+    return train(ctx, tspec, net, device=device, d=d,
+                 step_fn=ComposeLoss(data, miner, cfg, plain, use_visual, device, d),
+                 on_epoch_start=lambda model, _epoch: miner.mine(model),
+                 finalize=partial(_save_run, adapters, mapper if cfg.tune_stage1 else None),
                  resume=resume, stop_after_epoch=stop_after_epoch)
 
 
@@ -276,3 +232,16 @@ def find_stage2(ctx: Context, spec: ModelSpec, run: str | None = None) -> Artifa
                         "Train one with 'zscir synth' then 'zscir compose-train --triplets FILE', "
                         "or choose another --method (sum, stage1, ...).")
     return find_run(ctx, KIND, spec, run, lambda a: True, missing)
+
+
+def load_stage2(ctx: Context, art: Artifact, device: torch.device | str) -> tuple[Mapper, ComposingAdapters]:
+    """A Stage II run's mapper and adapters: the mapper of its Stage I run, or its own tuned copy."""
+    if (art.path / WEIGHTS).is_file():
+        return load_mapper(art, device), load_adapters(art, device)
+    key = art.manifest.get("stage1_run")
+    s1 = ctx.store.get("stage1", key) if key else None
+    if s1 is None:
+        raise UserError(f"tscir run {art.key} composes Stage I run {key}, which is not in {ctx.store.root}.",
+                        f"Restore stage1/{key} in the cache, or train Stage II again on an existing Stage I "
+                        "run: zscir compose-train --triplets FILE.")
+    return load_mapper(s1, device), load_adapters(art, device)
