@@ -93,6 +93,22 @@ def test_no_hard_negatives_is_hard_negatives_0(cli, tmp_path, monkeypatch):
     assert code == 2 and "--no-hard-negatives contradicts --hard-negatives 3" in err and len(seen) == 3
 
 
+def test_compose_train_reads_images_outside_the_file_folder_only_when_allowed(cli, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / f"{name}.png")
+    (tmp_path / "sub").mkdir()
+    trip = tmp_path / "sub" / "t.jsonl"
+    trip.write_text(json.dumps({"reference": "../imgs/a.png", "target": "../imgs/b.png", "modification": "x"}) + "\n")
+    args = ["compose-train", "--triplets", trip, *TINY, "--cache-dir", tmp_path / "cache"]
+    code, _, err = cli(*args)
+    assert code == 2 and "lies outside the triplet file's folder" in err and "--allow-outside-paths" in err
+    code, _, err = cli(*args, "--allow-outside-paths")  # read; then there is no Stage I run to compose
+    assert code == 2 and "No stage1 run (Stage I)" in err
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A small world with a Stage I run of the tiny model, shared by the CLI tests below."""

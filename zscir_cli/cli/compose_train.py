@@ -36,6 +36,9 @@ def compose_train(
                                                   show_default=False)] = None,
     seed: Seed = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out triplets whose image is missing.")] = False,
+    allow_outside_paths: Annotated[bool, typer.Option(
+        "--allow-outside-paths", help="Accept image paths that leave the triplet file's folder (a file you "
+                                      "trust).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")] = False,
     model: Model = None,
     pretrained: Pretrained = None,
@@ -57,7 +60,8 @@ def compose_train(
                        adapter_dim=adapter_dim, adapter_layers=_layers(adapter_layers), hard_negatives=k,
                        tune_stage1=tune_stage1,
                        false_negative_similarity=false_negative_similarity,
-                       stage1_weight=stage1_weight, stage1=stage1, skip_bad=skip_bad)
+                       stage1_weight=stage1_weight, stage1=stage1, skip_bad=skip_bad,
+                       allow_outside_paths=allow_outside_paths)
     art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume)
     if _rank() != 0 or art is None:
         return

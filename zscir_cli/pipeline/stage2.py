@@ -65,6 +65,7 @@ class Stage2Config:
     false_negative_similarity: float = 0.98
     stage1: str | None = None  # Stage I run key; None = the newest stage1 run of the backbone
     skip_bad: bool = False  # leave out triplets whose image files are missing
+    allow_outside_paths: bool = False  # accept image paths that leave the triplet file's folder
 
 
 class Stage2Net(nn.Module):
@@ -166,7 +167,8 @@ def build_adapters(encoder: TextEncoder, cfg: Stage2Config) -> ComposingAdapters
 
 def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifact, data: TripletData,
                 adapters: ComposingAdapters, inputs: list[dict], skipped: int) -> TrainSpec:
-    config = {k: v for k, v in asdict(cfg).items() if k not in ("triplets", "stage1", "skip_bad")}
+    config = {k: v for k, v in asdict(cfg).items()
+              if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths")}
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
                    "triplets_sha256": file_sha256(Path(cfg.triplets)), "triplets": len(data),
                    "adapter_layers": adapters.cfg.layers})
@@ -192,7 +194,7 @@ def _save_run(adapters: ComposingAdapters, tuned: Mapper | None, folder: Path) -
 def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: bool = False,
                   stop_after_epoch: int | None = None) -> Artifact | None:
     ctx, device, d = start_run(ctx)
-    trip = read_triplets(Path(cfg.triplets), skip_bad=cfg.skip_bad)
+    trip = read_triplets(Path(cfg.triplets), skip_bad=cfg.skip_bad, allow_outside=cfg.allow_outside_paths)
     if trip.skipped:
         ctx.reporter.info(f"left out {len(trip.skipped)} triplet(s) with a missing image")
     backbone = open_backbone(ctx, spec, device)
