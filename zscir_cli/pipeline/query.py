@@ -77,6 +77,8 @@ def check_reference(reference: str, ids: list[str] | None = None):
     path = Path(reference).expanduser()
     if path.is_file():
         return open_image_arg(path)
+    if path.is_absolute() or reference.startswith(("~", "./", "../")):  # never an id
+        raise UserError(f"Image not found: {path}.", "Check the path.")
     if ids is None or reference in ids:
         return None
     if any(s in reference for s in "/\\") or path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"):
