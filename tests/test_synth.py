@@ -149,3 +149,52 @@ def test_missing_images_are_named_or_skipped(tmp_path):
         read_triplets(f)
     tf = read_triplets(f, skip_bad=True)
     assert len(tf.rows) == 1 and len(tf.skipped) == 1 and tf.rows[0]["reference"] == str(tmp_path / "a.png")
+
+
+def test_image_paths_outside_the_file_folder_are_refused_before_any_is_opened(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.png", "b.png"):
+        (data / name).write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    f = data / "t.jsonl"
+    ok = {"reference": "a.png", "target": "b.png", "modification": "m"}
+    for bad in ("../../etc/passwd", "/etc/passwd", "sub/../../outside.png"):
+        f.write_text(json.dumps(ok) + "\n" + json.dumps({**ok, "target": bad}) + "\n")
+        with pytest.raises(UserError, match=r"t.jsonl:2: target '.*' lies outside the triplet file's "
+                                            r"folder .*--allow-outside-paths"):
+            read_triplets(f)
+    f.write_text(json.dumps({**ok, "target": "../outside.png"}) + "\n")
+    tf = read_triplets(f, allow_outside=True)
+    assert tf.rows[0]["target"] == str((tmp_path / "outside.png").resolve())
+    f.write_text(json.dumps({**ok, "target": "./sub/../b.png"}) + "\n")  # climbs back in: fine
+    assert read_triplets(f).rows[0]["target"] == str(data / "b.png")
+
+
+def test_repeated_triplets_are_dropped_and_counted_or_refused_with_strict(tmp_path, caplog):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "b.png").write_bytes(b"x")
+    f = tmp_path / "t.jsonl"
+    row = {"reference": "a.png", "target": "b.png", "modification": "make it red"}
+    rows = [row, {**row, "modification": "make it blue"}, row, {**row, "reference": "./a.png"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING", logger="zscir"):
+        tf = read_triplets(f)
+    assert len(tf.rows) == 2 and tf.duplicates == 2
+    assert "dropped 2 repeated triplet(s)" in caplog.text
+    with pytest.raises(UserError, match=r"t.jsonl:3: repeats the triplet of line 1"):
+        read_triplets(f, strict=True)
+
+
+def test_captions_outside_their_folder_are_refused_and_synth_writes_relative_paths(tmp_path, cli):
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text(json.dumps({"image": "../x.png", "caption": "a red dress"}) + "\n")
+    code, _, err = cli("synth", "--captions", caps, "--exact-only", "--cache-dir", tmp_path / "c")
+    assert code == 2 and "caps.jsonl:1: image '../x.png' lies outside" in err
+    caps.write_text("".join(json.dumps({"image": f"img/{i}.png", "caption": c}) + "\n"
+                            for i, c in enumerate(CAPTIONS)))
+    out = tmp_path / "t.jsonl"
+    code, _, err = cli("synth", "--captions", caps, "--exact-only", "--out", out, "--cache-dir", tmp_path / "c")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all(r["reference"].startswith("img/") and r["target"].startswith("img/") for r in rows)
