@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,3 +151,18 @@ def test_vsi_grid_flag_and_its_renamed_alias(cli, tmp_path, monkeypatch):
     code, out, _ = cli("map-train", "--help")
     assert code == 0 and "--vsi-grid" in out and "--vsi-tokens" not in out
     assert not hasattr(seen[-1], "extra") and not hasattr(seen[-1], "vsi_tokens")
+
+
+def test_self_retrieval_r1_ranks_every_val_image():
+    from zscir_cli.pipeline.features import FeatureSet
+    from zscir_cli.pipeline.stage1 import self_retrieval_r1
+
+    image = np.eye(4, dtype=np.float16)  # four orthogonal val images
+    val = FeatureSet(None, ["a", "b", "c", "d"], image, image[:, None].repeat(2, axis=1), None)
+
+    class Net(torch.nn.Module):  # image 3's prompt lands on image 0; the others on themselves
+        def forward(self, tokens, v, visual):
+            assert tokens.shape == (len(v), 3) and visual.shape == (len(v), 2, 4)
+            return torch.where(v[:, 3:] > 0.5, torch.eye(4)[0], v)
+
+    assert self_retrieval_r1(Net(), val, torch.zeros(1, 3, dtype=torch.long), torch.device("cpu"), True) == 75.0
