@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from zscir_cli.cli.common import make_context, print_json
-from zscir_cli.cli.console import err, out
+from zscir_cli.cli.console import err, out, warn
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained, Seed, Workers
 
 
@@ -57,8 +57,8 @@ def map_train(
     from zscir_cli.pipeline.stage1 import map_train as run
 
     if vsi_tokens is not None:  # the old name, which read as M rather than the grid side
-        err.print(f"--vsi-tokens is renamed --vsi-grid (the grid side; M = 1 + grid^2 tokens): using "
-                  f"--vsi-grid {vsi_tokens}.", highlight=False)
+        warn(f"--vsi-tokens is renamed --vsi-grid (the grid side; M = 1 + grid^2 tokens): using "
+             f"--vsi-grid {vsi_tokens}.")
         vsi_grid = vsi_tokens
     ctx = make_context(cache_dir, device, workers)
     cfg = Stage1Config(data=data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
