@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from zscir_cli.cli.common import make_context, print_json
-from zscir_cli.cli.console import err
+from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Device, Force, Json, Model, Pretrained, Workers
 
 
@@ -42,8 +42,8 @@ def index(
         print_json(info)
         return
     if res.skipped:
-        err.print(f"[yellow]skipped {res.skipped} unreadable image(s)[/]; they are listed in "
-                  f"{res.artifact.path / 'manifest.json'}")
+        warn(f"skipped {res.skipped} unreadable image(s); they are listed in "
+             f"{res.artifact.path / 'manifest.json'}")
     err.print(("built" if res.built else "already built") + f" index {res.artifact.key}: "
               f"{info['images']} images, {info['model']}")
     if res.built and res.timings:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from zscir_cli.cli.common import make_context, print_json
-from zscir_cli.cli.console import err, out, warn
+from zscir_cli.cli.console import out, warn
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
 
 
