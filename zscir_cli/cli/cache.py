@@ -101,7 +101,7 @@ def ls(
 def _print_unfinished(runs: list[dict[str, Any]], left: list) -> None:
     for r in runs:
         state = f"training now ({r['holder']})" if r["live"] else f"stopped; {r['resume']}"
-        out.print(f"interrupted run {r['kind']}/{r['key']} at epoch {r['epoch']}/{r['epochs']}: "
+        out.print(f"interrupted run {r['kind']}/{r['key']} at epoch {r['epoch']}/{r['epochs'] or '?'}: "
                   f"{state}", highlight=False)
     for x in left:
         state = ("being written now" if x.live
@@ -149,7 +149,7 @@ def _plan(store, keys: list[str], all_: bool, kind: str | None,
         else:
             items.append(_Item(label, x.path, name, lambda p=x.path: _delete(p)))
     for r in interrupted(store):
-        label = f"interrupted run {r['kind']}/{r['key']} (epoch {r['epoch']}/{r['epochs']})"
+        label = f"interrupted run {r['kind']}/{r['key']} (epoch {r['epoch']}/{r['epochs'] or '?'})"
         if r["live"]:
             kept.append((label, f"{r['holder']} is training it"))
         else:

@@ -180,6 +180,7 @@ class ArtifactStore:
         check-then-build does, keeps it), so `cache rm` can tell a live write from a dead one."""
         with self.lock(kind, key, on_wait):
             self.ensure_writable()
+            self._sweep(kind, key)
             tmp = self.root / TMP_DIR / temp_name(kind, key)
             manifest: dict[str, Any] = {
                 "schema_version": SCHEMA_VERSION, "kind": kind, "key": key,
@@ -196,6 +197,15 @@ class ArtifactStore:
                 if failure is not None:
                     raise failure from e
                 raise
+
+    def _sweep(self, kind: str, key: str) -> None:
+        """Remove what killed writers of this artifact left under `.tmp/`: under its lock, no
+        other process can be writing it."""
+        for prefix in ("", "rm-"):
+            for path in (self.root / TMP_DIR).glob(f"{prefix}{kind}-{key}-*"):
+                parsed = parse_temp_name(path.name)
+                if parsed is not None and parsed[:2] == (kind, key) and parsed[2] != os.getpid():
+                    shutil.rmtree(path, ignore_errors=True)
 
     def _publish(self, tmp: Path, kind: str, key: str, manifest: dict[str, Any]) -> None:
         now = time.time()

@@ -25,6 +25,9 @@ from filelock import FileLock, Timeout
 LOCK_DIR = ".locks"
 _locks: dict[str, FileLock] = {}
 _guard = threading.Lock()
+# a forked child holds none of its parent's locks (fcntl locks are not inherited) and must not
+# reuse its FileLock objects, which filelock refuses
+os.register_at_fork(after_in_child=_locks.clear)
 
 
 def lock_path(root: Path, name: str) -> Path:

@@ -1,0 +1,271 @@
+"""Fault injection on `zscir index`: SIGKILL at every step of an artifact's write, then rerun;
+two identical commands at once; pruning the cache during a build.
+
+A killed build runs in a forked copy of this process (the libraries are loaded once, so a run
+costs about a second instead of a fresh interpreter's start), killed with SIGKILL by a named
+point (`core.faults`), by a counter on the encoder's progress, or by a timer. The concurrency
+test runs two real `python -m zscir_cli` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from zscir_cli.core.cache import MANIFEST, TMP_DIR
+
+ARGS = ["--model", "zscir-tiny-vit", "--pretrained", "none", "--workers", "0", "--batch-size", "2"]
+INDEX_FILES = ("features.npy", "ids.json", "index.faiss")
+NAMED_POINTS = ["cache:before-manifest", "cache:before-rename", "cache:after-rename"]
+KILL_BATCH = 3  # of the 5 batches of 2 images
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _loaded() -> None:
+    """What `zscir index` imports, loaded before the forks so that each child starts at once."""
+    import faiss  # noqa: F401
+    import open_clip  # noqa: F401
+
+    import zscir_cli.cli.app
+    import zscir_cli.pipeline.backbones
+    import zscir_cli.pipeline.datasets
+    import zscir_cli.pipeline.indexing  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory) -> Path:
+    from zscir_cli.data import shapes
+
+    root = tmp_path_factory.mktemp("faults") / "gallery"
+    root.mkdir()
+    cfg = shapes.WorldConfig(seed=5, image_size=32)
+    for i in range(10):
+        shapes.render_record(cfg, shapes.pair_record(cfg, "train", i)).save(root / f"img{i}.png")
+    return root
+
+
+class Child:
+    """`zscir ARGS` in a forked copy of this process; stdout and stderr go to files."""
+
+    def __init__(self, args: list[str], logs: Path, env: dict[str, str] | None = None,
+                 kill_at_batch: int | None = None):
+        self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
+        self.started = time.monotonic()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child never returns
+            code = 3
+            try:
+                code = _child(args, self.out, self.err, env or {}, kill_at_batch)
+            except BaseException:  # noqa: BLE001 - the child reports any failure, then exits
+                import traceback
+
+                with open(self.err, "a") as f:
+                    traceback.print_exc(file=f)
+            finally:
+                os._exit(code)
+
+    def wait(self, timeout: float = 180.0) -> int:
+        """The exit code, or -N for a process killed by signal N."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.seconds = time.monotonic() - self.started
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        raise AssertionError(f"zscir did not finish in {timeout} s: {self.err.read_text()}")
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+
+def _child(args, out: Path, err: Path, env: dict[str, str], kill_at_batch: int | None) -> int:
+    import torch
+
+    torch.set_num_threads(1)  # a forked process must not reuse the parent's thread pool
+    os.environ.update(env)
+    fo, fe = open(out, "w"), open(err, "w")  # noqa: SIM115 - closed by os._exit
+    os.dup2(fo.fileno(), 1)
+    os.dup2(fe.fileno(), 2)
+    sys.stdout, sys.stderr = fo, fe
+    if kill_at_batch is not None:
+        from zscir_cli.cli import console
+
+        seen = []
+        advance = console._RichTask.advance
+
+        def counting(self, n=1, **fields):
+            advance(self, n, **fields)
+            seen.append(n)
+            if len(seen) == kill_at_batch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        console._RichTask.advance = counting
+    from zscir_cli.cli.app import run
+
+    code = run([str(a) for a in args])
+    fo.flush()
+    fe.flush()
+    return code
+
+
+def index_files(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in INDEX_FILES}
+
+
+@pytest.fixture(scope="module")
+def reference(gallery, tmp_path_factory) -> dict:
+    """An uninterrupted build: its key, its files' bytes and how long it took."""
+    cache = tmp_path_factory.mktemp("reference") / "cache"
+    child = Child(["index", gallery, *ARGS, "--cache-dir", cache], cache.parent / "log")
+    assert child.wait() == 0, child.err.read_text()
+    key = child.out.read_text().split()[-1]
+    return {"key": key, "files": index_files(cache / "index" / key), "seconds": child.seconds}
+
+
+def assert_no_half_artifact(cache: Path, reference: dict) -> None:
+    """Whatever is under index/ is a complete artifact, equal to an uninterrupted build."""
+    for folder in (cache / "index").glob("*") if (cache / "index").is_dir() else []:
+        assert (folder / MANIFEST).is_file(), f"{folder} has no manifest"
+        assert folder.name == reference["key"]
+        assert index_files(folder) == reference["files"]
+
+
+# timer: seconds after the build's first file appears under .tmp/ (the encoder streams its
+# batches into it), or a fraction of an uninterrupted run (the model is loading, or it is done)
+KILLS = [*[("point", p) for p in NAMED_POINTS], ("batch", KILL_BATCH), ("timer", "+0.0"),
+         ("timer", "+0.01"), ("timer", 0.3)]
+
+
+def _kill_by_timer(child: Child, cache: Path, when, seconds: float) -> None:
+    if isinstance(when, str):
+        deadline = time.monotonic() + 120
+        while not any((cache / TMP_DIR).glob("index-*/*")) and time.monotonic() < deadline:
+            if os.waitpid(child.pid, os.WNOHANG)[0]:
+                raise AssertionError("the build finished before it could be killed")
+            time.sleep(0.001)
+        time.sleep(float(when))
+    else:
+        time.sleep(when * seconds)
+    child.kill()
+
+
+@pytest.mark.parametrize("how,where", KILLS, ids=[f"{h}-{w}" for h, w in KILLS])
+def test_killed_index_build_then_rerun(cli, gallery, reference, tmp_path, how, where):
+    cache = tmp_path / "cache"
+    command = ["index", gallery, *ARGS, "--cache-dir", cache]
+    env = {"ZSCIR_KILL_AT": where} if how == "point" else {}
+    child = Child(command, tmp_path / "killed", env=env,
+                  kill_at_batch=where if how == "batch" else None)
+    if how == "timer":
+        _kill_by_timer(child, cache, where, reference["seconds"])
+    code = child.wait()
+    if how != "timer":
+        assert code == -signal.SIGKILL, child.err.read_text()
+    assert_no_half_artifact(cache, reference)
+    leftovers = [p for p in (cache / TMP_DIR).glob("*")] if (cache / TMP_DIR).is_dir() else []
+    if how == "point" and where != "cache:after-rename" or how == "batch":
+        assert leftovers, "the killed write should have left its folder under .tmp/"
+    _, out, _ = cli("cache", "ls", "--json", "--cache-dir", cache)
+    listed = [e for e in json.loads(out) if e["state"] == "incomplete"]
+    assert sorted(e["path"] for e in listed) == sorted(str(p) for p in leftovers)
+    assert not any(e["live"] for e in listed)  # its writer is dead
+
+    rerun = Child(command, tmp_path / "rerun")
+    assert rerun.wait() == 0, rerun.err.read_text()
+    assert rerun.out.read_text().split()[-1] == reference["key"]
+    assert index_files(cache / "index" / reference["key"]) == reference["files"]  # byte-identical
+    assert_no_half_artifact(cache, reference)
+    assert list((cache / TMP_DIR).iterdir()) == []  # the rerun swept the dead write's folder
+    if how == "point" and where == "cache:after-rename":
+        assert "already built" in rerun.err.read_text()
+
+
+def test_rm_incomplete_removes_a_killed_write(cli, gallery, reference, tmp_path):
+    cache = tmp_path / "cache"
+    child = Child(["index", gallery, *ARGS, "--cache-dir", cache], tmp_path / "killed",
+                  env={"ZSCIR_KILL_AT": "cache:before-rename"})
+    assert child.wait() == -signal.SIGKILL
+    (left,) = (cache / TMP_DIR).iterdir()
+    code, out, _ = cli("cache", "rm", "--incomplete", "--dry-run", "--cache-dir", cache)
+    assert code == 0 and f"would remove incomplete write index/{reference['key']}" in out
+    assert left.is_dir()
+    code, out, _ = cli("cache", "rm", "--incomplete", "--yes", "--cache-dir", cache)
+    assert code == 0 and "removed incomplete write" in out and not left.exists()
+
+
+class Command:
+    """A real `python -m zscir_cli` process whose stderr is collected as it comes."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen([sys.executable, "-m", "zscir_cli", *map(str, args)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.err_text = ""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.err_text += line
+
+    def wait_for(self, text: str, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.err_text:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.err_text}"
+            assert time.monotonic() < deadline, f"no '{text}' in {timeout} s: {self.err_text}"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 240.0) -> tuple[int, str]:
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return self.proc.returncode, out
+
+
+def _wait_file(path: Path, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_identical_index_commands_and_rm_during_the_build(cli, gallery, reference, tmp_path):
+    cache, release = tmp_path / "cache", tmp_path / "release"
+    command = ["index", gallery, *ARGS, "--cache-dir", cache]
+    # the first stands still with its artifact written but not yet published, its lock held
+    first = Command(command, {"ZSCIR_PAUSE_AT": "cache:before-rename", "ZSCIR_PAUSE_RELEASE": str(release)})
+    second = None
+    try:
+        _wait_file(release.with_name("release.reached"))
+        (building,) = (cache / TMP_DIR).iterdir()
+        code, out, err = cli("cache", "ls", "--json", "--cache-dir", cache)
+        assert [(e["key"], e["live"]) for e in json.loads(out) if e["state"] == "incomplete"] == \
+            [(reference["key"], True)]
+        code, out, err = cli("cache", "rm", "--incomplete", "--all", "--yes", "--cache-dir", cache)
+        assert code == 0 and building.is_dir() and "removed" not in out
+        assert f"kept incomplete write index/{reference['key']}" in err and f"pid {first.proc.pid}" in err
+
+        second = Command(command)
+        second.wait_for(f"waiting for pid {first.proc.pid}")
+    finally:
+        release.touch()
+    code1, out1 = first.finish()
+    code2, out2 = second.finish()
+    assert code1 == 0 and code2 == 0, first.err_text + second.err_text
+    assert out1.split()[-1] == out2.split()[-1] == reference["key"]
+    assert "built index" in first.err_text and "already built" in second.err_text
+    assert [p.name for p in (cache / "index").iterdir()] == [reference["key"]]
+    assert index_files(cache / "index" / reference["key"]) == reference["files"]
+    assert list((cache / TMP_DIR).iterdir()) == []
