@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -170,8 +171,6 @@ def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes", force: 
 
 def _clear(ctx: Context, key: str) -> None:
     """--force: the old artifact and any interrupted run of it go, under the run's lock."""
-    import shutil
-
     with ctx.store.lock(KIND, key, on_wait=ctx.reporter.info):
         old = ctx.store.get(KIND, key)
         if old is not None:
