@@ -269,3 +269,45 @@ def test_two_identical_index_commands_and_rm_during_the_build(cli, gallery, refe
     assert [p.name for p in (cache / "index").iterdir()] == [reference["key"]]
     assert index_files(cache / "index" / reference["key"]) == reference["files"]
     assert list((cache / TMP_DIR).iterdir()) == []
+
+
+PRETRAIN = ["pretrain", "--model", "zscir-tiny-vit", "--steps", "6", "--steps-per-epoch", "2",
+            "--batch-size", "8", "--device", "cpu"]  # 3 epochs
+
+
+@pytest.mark.slow
+def test_interrupted_runs_in_ls_and_rm(cli, tmp_path):
+    """A killed run is listed with its epoch and how to resume it, and pruned by rm --incomplete;
+    a run in progress is listed as such and kept."""
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.data.shapes import WorldConfig
+    from zscir_cli.pipeline.context import Context
+    from zscir_cli.pipeline.datasets import prepare_shapes
+
+    cache, release = tmp_path / "cache", tmp_path / "release"
+    prepare_shapes(Context(store=ArtifactStore(cache)), WorldConfig(train_pairs=8, val_pairs=6, cir_queries=6))
+    killed = Child([*PRETRAIN, "--cache-dir", cache], tmp_path / "killed",
+                   env={"ZSCIR_KILL_AT": "train:epoch-end@2"})
+    assert killed.wait() == -signal.SIGKILL, killed.err.read_text()
+    code, out, _ = cli("cache", "ls", "--cache-dir", cache)
+    assert code == 0 and "interrupted run backbone/" in out and "at epoch 2/3" in out
+    assert "rerun the same 'zscir pretrain' command with --resume" in out
+    (dead,) = (cache / ".partial").iterdir()
+
+    live = Child([*PRETRAIN, "--cache-dir", cache, "--seed", "1"], tmp_path / "live",
+                 env={"ZSCIR_PAUSE_AT": "train:epoch-end", "ZSCIR_PAUSE_RELEASE": str(release)})
+    try:
+        _wait_file(release.with_name("release.reached"))
+        _, out, _ = cli("cache", "ls", "--json", "--cache-dir", cache)
+        runs = {e["path"]: (e["epoch"], e["epochs"], e["live"]) for e in json.loads(out)
+                if e["state"] == "interrupted"}
+        assert runs.pop(str(dead)) == (2, 3, False)
+        assert [is_live for _, _, is_live in runs.values()] == [True]
+        code, out, err = cli("cache", "rm", "--incomplete", "--yes", "--cache-dir", cache)
+        assert code == 0 and "removed interrupted run backbone/" in out and not dead.exists()
+        assert "kept interrupted run backbone/" in err and f"pid {live.pid}" in err
+        (kept,) = (cache / ".partial").iterdir()
+    finally:
+        release.touch()
+    assert live.wait() == 0, live.err.read_text()
+    assert not kept.exists() and len(ArtifactStore(cache).list("backbone")) == 1
