@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.synth import normalise, propose_edits, scene_triplets, template_triplets
@@ -194,7 +195,15 @@ def test_captions_outside_their_folder_are_refused_and_synth_writes_relative_pat
     caps.write_text("".join(json.dumps({"image": f"img/{i}.png", "caption": c}) + "\n"
                             for i, c in enumerate(CAPTIONS)))
     out = tmp_path / "t.jsonl"
+    # every image the captions name must exist: no triplet file pointing at nothing
+    code, _, err = cli("synth", "--captions", caps, "--exact-only", "--out", out, "--cache-dir", tmp_path / "c")
+    assert code == 2 and f"names {len(CAPTIONS)} image(s) that do not exist (line 1: img/0.png; line 2:" in err
+    assert not out.exists()
+    (tmp_path / "img").mkdir()
+    for i in range(len(CAPTIONS)):
+        Image.new("RGB", (8, 8)).save(tmp_path / "img" / f"{i}.png")
     code, _, err = cli("synth", "--captions", caps, "--exact-only", "--out", out, "--cache-dir", tmp_path / "c")
     assert code == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows and all(r["reference"].startswith("img/") and r["target"].startswith("img/") for r in rows)
+    assert len(read_triplets(out).rows) == len(rows)  # compose-train's reader takes the file as written

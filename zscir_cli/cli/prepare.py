@@ -10,6 +10,7 @@ import typer
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
+from zscir_cli.data.captions import FORMAT_HELP
 
 app = typer.Typer(help="Prepare data sets: the shapes world, image folders, FashionIQ, CIRR, CIRCO.",
                   no_args_is_help=True)
@@ -44,10 +45,13 @@ def shapes_cmd(
 
 @app.command("imagefolder")
 def imagefolder_cmd(
-    folder: Annotated[str, typer.Argument(help="Folder of images, optionally with metadata.jsonl or "
-                                               "metadata.csv (columns file_name, text).")],
+    folder: Annotated[str, typer.Argument(help="Folder of images, optionally with captions in its "
+                                               "metadata.jsonl or metadata.csv (see --captions).")],
     name: Annotated[str | None, typer.Option(help="Name to use with --data [default: the folder's name].",
                                                 show_default=False)] = None,
+    captions: Annotated[Path | None, typer.Option(
+        help=f"Captions file [default: FOLDER/metadata.jsonl or metadata.csv, if present]: {FORMAT_HELP}.",
+        show_default=False)] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave unreadable images out instead of failing.")] = False,
     force: Force = False,
     json_out: Json = False,
@@ -57,7 +61,8 @@ def imagefolder_cmd(
     from zscir_cli.pipeline.datasets import prepare_imagefolder
 
     ctx = make_context(cache_dir)
-    art, built = prepare_imagefolder(ctx, folder, name=name, skip_bad=skip_bad, force=force)
+    art, built = prepare_imagefolder(ctx, folder, name=name, skip_bad=skip_bad, force=force,
+                                     captions=captions)
     m = art.manifest
     info = {"name": m["name"], "key": art.key, "images": m["counts"]["pairs/train"], "captioned": m["captioned"],
             "skipped": len(m["skipped"]), "built": built}

@@ -10,13 +10,14 @@ import typer
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, out, warn
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained, Seed
+from zscir_cli.data.captions import FORMAT_HELP
 
 
 def synth(
     data: Annotated[str | None, typer.Option(help="Prepared image-caption data set (its train split).",
                                                 show_default=False)] = None,
-    captions: Annotated[Path | None, typer.Option(help="JSONL or CSV of image paths and captions "
-                                                     "(image/file_name, caption/text).", show_default=False)] = None,
+    captions: Annotated[Path | None, typer.Option(help=f"Captions file: {FORMAT_HELP}; every image must "
+                                                     "exist.", show_default=False)] = None,
     out_path: Annotated[Path, typer.Option("--out", help="Triplet file to write (JSONL).")] = Path("synth.jsonl"),
     max_triplets: Annotated[int, typer.Option(min=1, help="At most this many, balanced over edit types.")] = 5000,
     mode: Annotated[str, typer.Option(help="template (captions only) or scene (shapes scene graphs, exact).")] = "template",

@@ -95,19 +95,27 @@ def _build_shapes(ctx: Context, cfg: shapes.WorldConfig, key: str, config: dict[
 
 
 def prepare_imagefolder(ctx: Context, folder: str | Path, name: str | None = None,
-                        skip_bad: bool = False, force: bool = False) -> tuple[Artifact, bool]:
-    """Validate a user folder and record it as a data set (split 'train'); images stay in place."""
+                        skip_bad: bool = False, force: bool = False,
+                        captions: str | Path | None = None) -> tuple[Artifact, bool]:
+    """Validate a user folder and record it as a data set (split 'train'); images stay in place.
+    Captions come from `captions`, else from the folder's metadata.jsonl/metadata.csv."""
+    from zscir_cli.data.captions import captions_digest
     from zscir_cli.data.imagefolder import scan_folder
     from zscir_cli.data.images import FolderGallery
     from zscir_cli.pipeline.indexing import gallery_identity
 
     root = Path(folder).expanduser().resolve()
-    items, has_meta = scan_folder(root)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder." if root.exists() else f"Folder not found: {root}.",
+                        "Give the folder that holds the images.")
+    items, has_meta = scan_folder(root, Path(captions) if captions is not None else None)
     name = name or root.name
     if name == "shapes":
         raise UserError("'shapes' is the embedded world's name.", "Pass --name with another name.")
     source = gallery_identity(FolderGallery(root, [i.path for i in items]))
-    config = {"name": name, "kind": "imagefolder", "source": source, "skip_bad": skip_bad}
+    # the captions are part of what the set is built from: an edited caption is another data set
+    config = {"name": name, "kind": "imagefolder", "source": source, "skip_bad": skip_bad,
+              "captions": captions_digest([(i.id, i.caption) for i in items]) if has_meta else None}
     key = ctx.store.key_for(KIND, config)
     found = ctx.store.get(KIND, key)
     if found is not None and not force:

@@ -12,7 +12,6 @@ JSONL schema, one object a line:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.data import shapes
+from zscir_cli.data.captions import read_captions
 from zscir_cli.data.synth import SynthReport, scene_triplets, template_triplets
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
@@ -47,39 +47,27 @@ def corpus_from_dataset(ctx: Context, name: str) -> Corpus:
 
 
 def corpus_from_file(path: Path, allow_outside: bool = False) -> Corpus:
-    """JSONL ({"image": ..., "caption": ...}) or CSV (image,caption); paths relative to the file,
-    inside its folder unless `allow_outside`."""
+    """A captions file (see `data.captions`: JSONL, CSV or TSV, image/caption or file_name/text);
+    image paths are relative to the file, inside its folder unless `allow_outside`, and every
+    image must exist: a triplet is never written to an image that is not there."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"Captions file not found: {path}.", "Give a JSONL or CSV file of image paths and captions.")
-    rows: list[tuple[int, dict]] = []
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = [(n, r) for n, r in enumerate(reader, start=2)]
-    else:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg}).",
-                                    'Each line must be like {"image": "a.jpg", "caption": "a red dress"}.') from e
-    ids, caps = [], []
-    for n, r in rows:
-        img = r.get("image") or r.get("file_name") if isinstance(r, dict) else None
-        cap = r.get("caption", r.get("text")) if isinstance(r, dict) else None
-        if not isinstance(img, str) or not isinstance(cap, str) or not cap.strip():
-            raise UserError(f"{path}:{n}: expected an image path ('image' or 'file_name') and a caption "
-                            "('caption' or 'text').", "Fix that row.")
-        found = inside(Path(os.path.normpath(path.parent.absolute())), img)
+    folder = Path(os.path.normpath(path.parent.absolute()))
+    ids, caps, missing = [], [], []
+    for row in read_captions(path):
+        found = inside(folder, row.image)
         if found is None and not allow_outside:
-            raise UserError(f"{path}:{n}: image '{img}' lies outside the captions file's folder "
-                            f"{path.parent.absolute()}.", OUTSIDE_HINT)
-        ids.append(str((path.parent / Path(img).expanduser()).resolve()))
-        caps.append(cap)
-    if not ids:
-        raise UserError(f"{path} holds no captions.", "Give a file with one image and caption a row.")
+            raise UserError(f"{path}:{row.line}: image '{row.image}' lies outside the captions file's folder "
+                            f"{folder}.", OUTSIDE_HINT)
+        # kept unresolved, so that a linked image folder stays inside the file's folder when written
+        image = Path(os.path.normpath(path.parent.absolute() / Path(row.image).expanduser()))
+        if not image.is_file():
+            missing.append(f"line {row.line}: {row.image}")
+        ids.append(str(image))
+        caps.append(row.caption)
+    if missing:
+        raise UserError(f"{path} names {len(missing)} image(s) that do not exist ("
+                        + "; ".join(missing[:10]) + ("; ..." if len(missing) > 10 else "") + ").",
+                        "Fix those paths (relative to the captions file) or remove their lines.")
     return Corpus(ids, caps, None, None)
 
 
@@ -101,8 +89,13 @@ def write_triplets(report: SynthReport, corpus: Corpus, out: Path) -> int:
     """Write the JSONL file; image paths are written relative to its folder (as they are read
     back). Returns how many rows name an image outside that folder."""
     out = Path(out)
+    if corpus.dataset_key is None:  # images may have gone since the captions were read
+        gone = sorted({p for t in report.triplets for p in (t.reference, t.target) if not Path(p).is_file()})
+        if gone:
+            raise UserError(f"{len(gone)} image(s) of the triplets do not exist: {', '.join(gone[:5])}.",
+                            f"Restore them and run again; nothing was written to {out}.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = out.parent.resolve()
+    folder = Path(os.path.normpath(out.parent.absolute()))
     outside = 0
     tmp = out.with_name(f".{out.name}.incomplete")
     with open(tmp, "w", encoding="utf-8") as f:
