@@ -93,19 +93,42 @@ def check_query_text(text: str, method: str) -> None:
                         "Say what to change, e.g. \"make it red\" (or use --method image).")
 
 
+@dataclass
+class LoadedIndex:
+    """An index read once (faiss index, features, ids) with its gallery re-opened, for a process
+    that answers many queries (`zscir serve`, `zscir query --queries`)."""
+    artifact: Artifact
+    faiss: Any
+    features: np.ndarray
+    ids: list[str]
+    gallery: Gallery | None
+    rows: dict[str, int] = field(default_factory=dict)  # id -> row
+
+
+def load_index(ctx: Context, index: Artifact) -> LoadedIndex:
+    faiss_index, features, ids = search.load(index.path)
+    gallery = gallery_from_source(ctx, index.manifest.get("gallery_source", {}))
+    rows: dict[str, int] = {}
+    for r, i in enumerate(ids):
+        rows.setdefault(i, r)  # the first row of an id, as ids.index finds it
+    return LoadedIndex(index, faiss_index, features, ids, gallery, rows)
+
+
 def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str, text: str,
-              k: int = 10, reference_image: Any = None) -> QueryResult:
+              k: int = 10, reference_image: Any = None, loaded: LoadedIndex | None = None) -> QueryResult:
     """Rank the index for (reference, text). `reference` is an image path or an id in the index;
-    `reference_image`, when given, is its decoded image (see `check_reference`)."""
+    `reference_image`, when given, is its decoded image (see `check_reference`), and `reference`
+    only its name (an upload's file name is never looked up as an id or a path). `loaded`: the
+    index already read by `load_index`."""
     backbone = method.backbone
     check_query_text(text, method.name)
     if k < 1:
         raise UserError(f"--top-k must be at least 1, got {k}.", "Pass --top-k 10, say.")
-    faiss_index, features, ids = search.load(index.path)
+    loaded = loaded if loaded is not None else load_index(ctx, index)
+    faiss_index, features, ids, gallery = loaded.faiss, loaded.features, loaded.ids, loaded.gallery
     exclude: list[int] = []
-    gallery = gallery_from_source(ctx, index.manifest.get("gallery_source", {}))
-    if reference in ids and not Path(reference).is_file():
-        row = ids.index(reference)
+    if reference_image is None and reference in loaded.rows and not Path(reference).is_file():
+        row = loaded.rows[reference]
         ref_feat = np.asarray(features[row:row + 1], dtype=np.float32)
         ref_img = gallery.image(row) if gallery is not None else None
         exclude = [row]  # never return the reference itself
@@ -113,7 +136,8 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
             raise UserError(f"The gallery of index {index.key} is gone, so reference '{reference}' "
                             "cannot be re-read for its spatial tokens.", "Give the reference as an image file.")
     else:
-        if not Path(reference).expanduser().exists() and not any(s in reference for s in "/\\."):
+        if reference_image is None and not Path(reference).expanduser().exists() \
+                and not any(s in reference for s in "/\\."):
             raise UserError(f"'{reference}' is neither an image file nor an id in index {index.key}.",
                             "Give an image path, or an id printed by an earlier query.")
         ref_img = reference_image if reference_image is not None else open_image_arg(reference)
