@@ -300,3 +300,35 @@ def test_rm_never_removes_what_a_live_process_writes(cli, tmp_path):
             h.close()
     code, out, err = cli("cache", "rm", "--incomplete", "--yes", "--cache-dir", tmp_path)
     assert code == 0 and not live.exists() and list((tmp_path / ".tmp").iterdir()) == []
+
+
+# -- a moved cache -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_copied_cache_serves_every_method_without_rebuilding(cli, tmp_path):
+    """`cp -a` a demo's cache elsewhere, remove the original: every trained method evaluates and
+    queries from the copy, and no index or feature cache is built again."""
+    made, copy = tmp_path / "made", tmp_path / "elsewhere" / "copy"
+    code, _, err = cli("demo", "--quick", "--cache-dir", made, "--html", tmp_path / "demo.html")
+    assert code == 0, err
+    copy.parent.mkdir()
+    subprocess.run(["cp", "-a", str(made), str(copy)], check=True)
+    made.rename(tmp_path / "gone")  # nothing may point into the original any more
+
+    def encoded() -> list[str]:
+        return sorted(str(p.parent.relative_to(copy)) for kind in ("index", "features", "text-features")
+                      for p in copy.glob(f"{kind}/*/manifest.json"))
+
+    before = encoded()
+    code, out, err = cli("eval", "shapes", "--split", "test", "--model", "zscir-shapes-rn",
+                         "--cache-dir", copy, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert {"pic2word", "stage1", "tscir"} <= set(res["results"]), res["results"].keys()
+    assert encoded() == before  # nothing encoded again
+    (index,) = [p.parent.name for p in copy.glob("index/*/manifest.json")]
+    ref = json.loads((copy / "index" / index / "ids.json").read_text())[0]
+    code, out, err = cli("query", ref, "make it green", "--method", "tscir", "--index", index,
+                         "--cache-dir", copy, "--json")
+    assert code == 0, err
+    assert encoded() == before
