@@ -140,3 +140,18 @@ def encode_gallery(ctx: Context, backbone: Backbone, gallery: Gallery, batch_siz
     dim = writer.parts[0].shape[1] if writer.parts else 0
     feats = np.concatenate(writer.parts) if writer.parts else np.zeros((0, dim), np.float32)
     return Encoded(feats, stats.rows, stats.failures, stats.timings.as_dict())
+
+
+class GalleryRows(Gallery):
+    """Rows `rows` of `gallery`, in order: one process's part of a sharded pass."""
+
+    def __init__(self, gallery: Gallery, rows: range | list[int]):
+        self.gallery, self.rows = gallery, rows
+        self.ids = [gallery.ids[r] for r in rows]
+        self.source = gallery.source
+
+    def image(self, i: int):
+        return self.gallery.image(self.rows[i])
+
+    def identity(self) -> dict:
+        return {**self.gallery.identity(), "rows": [self.rows[0], self.rows[-1] + 1] if len(self.rows) else []}

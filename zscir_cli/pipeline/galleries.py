@@ -56,7 +56,7 @@ def features_config(backbone: Backbone, ident: dict[str, Any], grid: int) -> dic
 
 
 def describe_source(source: dict[str, Any]) -> str:
-    if source.get("kind") == "folder":
+    if source.get("kind") in ("folder", "embeddings"):
         return source["root"]
     return f"{source.get('name', source.get('kind'))}:{source.get('split')}"
 
@@ -102,7 +102,7 @@ def encode_once(ctx: Context, backbone: Backbone, gallery: Gallery, *, index: bo
         if not need_index and not need_features:
             return out
         if need_index and not need_features and not force:
-            source = out.features or _features_of(ctx, backbone, ident)
+            source = out.features or features_of(ctx, backbone, ident)
             if source is not None:
                 out.index = _index_from_features(ctx, gallery, source, icfg, ikey, backbone.spec.label())
                 out.built.append(out.index.ref)
@@ -120,7 +120,7 @@ def _lookup(ctx: Context, ikey: str | None, fkey: str | None) -> Encodings:
                      ctx.store.get(FEATURES, fkey) if fkey is not None else None)
 
 
-def _features_of(ctx: Context, backbone: Backbone, ident: dict[str, Any]) -> Artifact | None:
+def features_of(ctx: Context, backbone: Backbone, ident: dict[str, Any]) -> Artifact | None:
     """A current features artifact (any grid) of this gallery and model."""
     model = backbone.spec.identity()
     for art in ctx.store.list(FEATURES):
@@ -165,7 +165,7 @@ def _encode_into(ctx: Context, backbone: Backbone, gallery: Gallery, out: Encodi
         what = "indexing" if ipend is not None else "caching features of"
         stats = run_encoder(ctx, backbone, gallery, writer, grid=grid if fpend is not None else None,
                             batch_size=batch_size, description=f"{what} {n} images")
-        _check_failures(gallery, stats, strict=fpend is not None or not skip_bad, index=ipend is not None)
+        check_failures(gallery, stats, strict=fpend is not None or not skip_bad, index=ipend is not None)
         ids = [gallery.ids[i] for i in stats.rows]
         timings = stats.timings.as_dict()
         if ipend is not None and writer.index is not None:
@@ -189,7 +189,7 @@ def _encode_into(ctx: Context, backbone: Backbone, gallery: Gallery, out: Encodi
         out.built.append(out.features.ref)  # type: ignore[union-attr]
 
 
-def _check_failures(gallery: Gallery, stats: RunStats, *, strict: bool, index: bool) -> None:
+def check_failures(gallery: Gallery, stats: RunStats, *, strict: bool, index: bool) -> None:
     bad = [(gallery.ids[i], err) for i, err in stats.failures]
     if bad and strict:
         shown = "; ".join(f"{name} ({err})" for name, err in bad[:MAX_NAMED_FAILURES])
