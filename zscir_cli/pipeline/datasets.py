@@ -206,6 +206,8 @@ def resolve_gallery(ctx: Context, value: str) -> Gallery:
 def gallery_from_source(ctx: Context, source: dict[str, Any]) -> Gallery | None:
     """Re-open the gallery an index was built from (for thumbnails), or None if it is gone."""
     try:
+        if source.get("kind") not in ("folder", "dataset"):  # e.g. embeddings made elsewhere: no images here
+            return None
         if source["kind"] == "folder":
             return FolderGallery(source["root"])
         art = ctx.store.get(KIND, source["dataset"]["key"])
