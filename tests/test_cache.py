@@ -128,6 +128,17 @@ def test_temp_names_are_unique_and_parse_back():
     assert parse_temp_name(".probe-abc") is None and parse_temp_name("junk") is None
 
 
+def test_scratch_folder_is_marked_in_use_then_removed(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with store.scratch("backbone-eval") as path:
+        (path / "weights.safetensors").write_bytes(b"w")
+        kind, key, pid = parse_temp_name(path.name)
+        assert (kind, pid) == ("backbone-eval", os.getpid())
+        assert _held_elsewhere(tmp_path, f"{kind}-{key}")  # so cache rm --incomplete keeps it
+        assert [x.live for x in store.leftovers()] == [True]
+    assert not path.exists() and store.leftovers() == []
+
+
 # -- disk full, permission denied ------------------------------------------------------------------
 
 def _fail_with(code):

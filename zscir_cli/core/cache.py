@@ -237,6 +237,19 @@ class ArtifactStore:
             os.rename(artifact.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def scratch(self, label: str) -> Iterator[Path]:
+        """A private folder under `.tmp/` for the block, removed after it; its lock is held, so
+        `cache rm --incomplete` knows it is in use (a `tempfile` folder there would look dead)."""
+        key = uuid.uuid4().hex[:16]
+        with self.lock(label, key):
+            path = self.root / TMP_DIR / temp_name(label, key)
+            path.mkdir(parents=True)
+            try:
+                yield path
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
+
     def leftovers(self) -> list[Leftover]:
         """What interrupted writes and removals left under `.tmp/`, each marked live when the
         process writing it still holds its artifact's lock."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -245,7 +244,7 @@ def _evaluate_weights(ctx: Context, name: str, weights: dict[str, torch.Tensor],
     """Evaluate trained weights as `--pretrained FILE` would load them (a fresh fp32 model)."""
     from safetensors.torch import save_file
 
-    with tempfile.TemporaryDirectory(dir=ctx.store.root / ".tmp", prefix="backbone-eval-") as tmp:
+    with ctx.store.scratch("backbone-eval") as tmp:
         path = Path(tmp) / WEIGHTS
         save_file(weights, str(path))
         return evaluate_backbone(ctx, load_backbone(ModelSpec(name, str(path)), device=device), data)
