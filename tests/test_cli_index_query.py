@@ -53,15 +53,23 @@ def test_index_writes_features_ids_and_manifest(cli, shared):
     assert [a["key"] for a in json.loads(out)] == [indexed]
 
 
-def test_query_by_file_finds_the_image_itself_first(cli, shared):
+def test_query_by_file_finds_the_image_itself_first(cli, shared, tmp_path):
+    from PIL import Image
+
     cache, image_folder, indexed = shared
-    ref = min(image_folder.rglob("*.png"))
+    original = min(image_folder.rglob("*.png"))
+    # a near copy (one pixel changed): the gallery file itself would be left out of the results
+    ref = tmp_path / "near.png"
+    with Image.open(original) as im:
+        near = im.convert("RGB")
+    near.putpixel((0, 0), tuple(255 - c for c in near.getpixel((0, 0))))
+    near.save(ref)
     code, out, err = cli("query", ref, "make it red", "--method", "image", "-k", "3", "--json",
                          *TINY, "--cache-dir", cache)
     assert code == 0, err
     res = json.loads(out)
     assert res["index"] == indexed and len(res["results"]) == 3
-    assert res["results"][0]["id"] == ref.relative_to(image_folder).as_posix()
+    assert res["results"][0]["id"] == original.relative_to(image_folder).as_posix()
     assert res["results"][0]["score"] == pytest.approx(1.0, abs=2e-3)
     assert f"using index {indexed}" in err
 

@@ -84,7 +84,11 @@ def test_query_after_index_in_a_moved_cache_with_literal_names(tmp_path, bracket
     moved = tmp_path / "elsewhere" / "cache"
     moved.parent.mkdir()
     shutil.move(str(first), str(moved))
-    ref = bracket_gallery / "photo [draft].png"
+    # a near copy of "photo [draft].png" (the image itself, as a gallery file, is left out)
+    ref = tmp_path / "near [copy].png"
+    near = Image.new("RGB", (32, 32), "red")
+    near.putpixel((0, 0), (250, 0, 0))
+    near.save(ref)
     # neither --model nor --index: the newest index, and the model its manifest names
     code, out, err = cli("query", ref, "make it [/b] red", "--method", "image", "--cache-dir", moved)
     assert code == 0, err

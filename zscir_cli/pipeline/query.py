@@ -22,6 +22,7 @@ from zscir_cli.pipeline.features import encode_images_with_tokens
 from zscir_cli.pipeline.indexing import KIND as INDEX_KIND
 from zscir_cli.pipeline.indexing import find_index
 from zscir_cli.pipeline.methods import QueryMethod
+from zscir_cli.pipeline.query_reference import gallery_row_of
 from zscir_cli.pipeline.report import figure, write_page
 
 
@@ -43,10 +44,12 @@ class QueryResult:
     reference_image: Any = None  # PIL image, for the HTML page
     gallery: Gallery | None = None
     run: str | None = None  # the trained run behind the method, if any
+    excluded_reference: str | None = None  # the gallery id left out as being the reference itself
 
     def to_json(self) -> dict[str, Any]:
         return {"reference": self.reference, "text": self.text, "method": self.method,
                 "index": self.index.key, "model": self.model, "run": self.run,
+                "excluded_reference": self.excluded_reference,
                 "results": [{"rank": h.rank, "id": h.id, "score": round(h.score, 6)}
                             for h in self.hits]}
 
@@ -142,6 +145,10 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
                             "Give an image path, or an id printed by an earlier query.")
         ref_img = reference_image if reference_image is not None else open_image_arg(reference)
         ref_feat = None
+        same = gallery_row_of(reference, ids, gallery)  # the file is itself an indexed image
+        if same is not None:
+            exclude = [same]
+            ctx.reporter.info(f"the reference is the indexed image {ids[same]}: it is left out of the results")
     ref_tokens = None
     if ref_feat is None or method.needs_tokens:
         v, t = encode_images_with_tokens(backbone, [ref_img], method.grid) if method.needs_tokens else \
@@ -153,6 +160,7 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
     hits = [Hit(r + 1, ids[i], float(s)) for r, (i, s) in enumerate(zip(rows[0], scores[0])) if i >= 0]
     res = QueryResult(reference, text, method.name, index, backbone.spec.label(), hits, ref_img, gallery)
     res.run = method.run.key if method.run is not None else None
+    res.excluded_reference = ids[exclude[0]] if exclude else None
     return res
 
 

@@ -1,0 +1,85 @@
+"""A query whose reference file is itself an indexed image never returns it, in every method."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from zscir_cli.pipeline.query_reference import gallery_row_of
+
+TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    from conftest import image_folder as make_folder
+
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.data.images import FolderGallery
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
+    from zscir_cli.pipeline.context import Context
+    from zscir_cli.pipeline.indexing import index_gallery
+
+    base = tmp_path_factory.mktemp("q")
+    folder = make_folder.__wrapped__(base)
+    ctx = Context(store=ArtifactStore(base / "cache"), workers=0)
+    res = index_gallery(ctx, load_backbone(ModelSpec("zscir-tiny-vit", "none")), FolderGallery(folder))
+    return base / "cache", folder, res.artifact.key
+
+
+@pytest.mark.parametrize("method", ["image", "sum", "text"])
+def test_a_gallery_file_as_reference_is_left_out_and_said(cli, indexed, tmp_path, method):
+    cache, folder, key = indexed
+    ref = min(folder.rglob("*.png"))
+    rel = ref.relative_to(folder).as_posix()
+    copy = tmp_path / "copy of it.png"  # the same bytes elsewhere are the same image
+    shutil.copyfile(ref, copy)
+    for given in (ref, copy, folder / ".." / folder.name / rel):
+        code, out, err = cli("query", given, "make it red", "--method", method, "-k", "20", "--json",
+                             "--index", key, "--cache-dir", cache)
+        assert code == 0, err
+        res = json.loads(out)
+        got = [r["id"] for r in res["results"]]
+        assert rel not in got and len(got) == 9, given
+        assert res["excluded_reference"] == rel
+        assert f"the reference is the indexed image {rel}: it is left out of the results" in err
+
+
+def test_another_image_excludes_nothing(cli, indexed, tmp_path):
+    cache, folder, key = indexed
+    other = tmp_path / "other.png"
+    Image.new("RGB", (32, 32), "purple").save(other)
+    code, out, err = cli("query", other, "make it red", "--method", "image", "-k", "20", "--json",
+                         "--index", key, "--cache-dir", cache)
+    assert code == 0, err
+    res = json.loads(out)
+    assert len(res["results"]) == 10 and res["excluded_reference"] is None
+    assert "left out of the results" not in err
+    ids = json.loads((cache / "index" / key / "ids.json").read_text())
+    code, out, _ = cli("query", ids[0], "make it red", "--method", "image", "--json", "--index", key,
+                       "--cache-dir", cache)
+    assert json.loads(out)["excluded_reference"] == ids[0]  # by id, as before, and said in --json
+
+
+def test_stored_image_bytes_of_a_prepared_data_set_are_compared(tmp_path):
+    import datasets as hf
+
+    from zscir_cli.data.images import DatasetGallery
+
+    blobs = []
+    for colour in ("red", "green", "blue"):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), colour).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    ds = hf.Dataset.from_dict({"id": ["r", "g", "b"], "image": [{"bytes": b, "path": None} for b in blobs]},
+                              features=hf.Features({"id": hf.Value("string"), "image": hf.Image()}))
+    gallery = DatasetGallery(ds, {"kind": "dataset", "dataset": "k", "split": "test"})
+    (tmp_path / "g.png").write_bytes(blobs[1])
+    assert gallery_row_of(tmp_path / "g.png", ["b", "g"], gallery) == 1  # a row of the index's ids
+    assert gallery_row_of(blobs[2], ["b", "g"], gallery) == 0  # an upload's bytes
+    assert gallery_row_of(blobs[0], ["b", "g"], gallery) is None  # not in the index
+    assert gallery_row_of(tmp_path / "g.png", ["b", "g"], None) is None  # gallery gone
