@@ -118,11 +118,13 @@ def load_index(ctx: Context, index: Artifact) -> LoadedIndex:
 
 
 def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str, text: str,
-              k: int = 10, reference_image: Any = None, loaded: LoadedIndex | None = None) -> QueryResult:
+              k: int = 10, reference_image: Any = None, loaded: LoadedIndex | None = None,
+              reference_bytes: bytes | None = None) -> QueryResult:
     """Rank the index for (reference, text). `reference` is an image path or an id in the index;
     `reference_image`, when given, is its decoded image (see `check_reference`), and `reference`
     only its name (an upload's file name is never looked up as an id or a path). `loaded`: the
-    index already read by `load_index`."""
+    index already read by `load_index`. `reference_bytes`: an upload's content, compared with the
+    gallery's images instead of the file `reference` names."""
     backbone = method.backbone
     check_query_text(text, method.name)
     if k < 1:
@@ -145,7 +147,8 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
                             "Give an image path, or an id printed by an earlier query.")
         ref_img = reference_image if reference_image is not None else open_image_arg(reference)
         ref_feat = None
-        same = gallery_row_of(reference, ids, gallery)  # the file is itself an indexed image
+        # the file (or upload) is itself an indexed image
+        same = gallery_row_of(reference if reference_bytes is None else reference_bytes, ids, gallery)
         if same is not None:
             exclude = [same]
             ctx.reporter.info(f"the reference is the indexed image {ids[same]}: it is left out of the results")
