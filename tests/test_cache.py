@@ -343,3 +343,13 @@ def test_a_copied_cache_serves_every_method_without_rebuilding(cli, tmp_path):
                          "--cache-dir", copy, "--json")
     assert code == 0, err
     assert encoded() == before
+
+
+def test_create_under_an_unwritable_root_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = ArtifactStore(blocker / "cache")
+    with pytest.raises(UserError, match="not writable"), store.create("thing", "k", config={}):
+        pass
+    with pytest.raises(UserError, match="not writable"), store.lock("thing", "k"):
+        pass

@@ -153,6 +153,8 @@ class ArtifactStore:
         two identical commands never both do the work (the second waits, then finds it)."""
         from zscir_cli.core import locks
 
+        self.ensure_writable()  # the lock file lives in the cache: say so if it cannot be written
+
         def waiting(who: str) -> None:
             if on_wait is not None:
                 on_wait(f"waiting for {who}, which is building {kind}/{key}")
@@ -179,7 +181,6 @@ class ArtifactStore:
         The artifact's lock is held throughout (re-entrant: a caller that already holds it, as a
         check-then-build does, keeps it), so `cache rm` can tell a live write from a dead one."""
         with self.lock(kind, key, on_wait):
-            self.ensure_writable()
             self._sweep(kind, key)
             tmp = self.root / TMP_DIR / temp_name(kind, key)
             manifest: dict[str, Any] = {
