@@ -27,6 +27,7 @@ from zscir_cli.core.cache import Artifact, Pending
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import Gallery
 from zscir_cli.index import search
+from zscir_cli.index.ann import FLAT, IndexSpec
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.encode import RunStats, run_encoder
@@ -47,8 +48,15 @@ class Encodings:
         return len(self.index.manifest.get("skipped", [])) if self.index is not None else 0
 
 
-def index_config(backbone: Backbone, ident: dict[str, Any], skip_bad: bool) -> dict[str, Any]:
-    return {"gallery": ident, "model": backbone.spec.identity(), "skip_bad": skip_bad}
+def index_config(backbone: Backbone, ident: dict[str, Any], skip_bad: bool, kind: IndexSpec = FLAT) -> dict[str, Any]:
+    cfg = {"gallery": ident, "model": backbone.spec.identity(), "skip_bad": skip_bad}
+    if not kind.exact:  # a flat index keeps the key it had before index kinds
+        cfg["index"] = kind.identity()
+    return cfg
+
+
+def index_description(count: int, source: str, label: str, kind: IndexSpec) -> str:
+    return f"{count} images of {source} with {label}, {kind.kind} index ({kind.factory})"
 
 
 def features_config(backbone: Backbone, ident: dict[str, Any], grid: int) -> dict[str, Any]:
@@ -64,8 +72,9 @@ def describe_source(source: dict[str, Any]) -> str:
 class _Writer:
     """Writes one pass into the index and/or the features artifact being created."""
 
-    def __init__(self, n: int, index: Pending | None, features: Pending | None):
-        self.index = search.IndexWriter(index.path, n) if index is not None else None
+    def __init__(self, n: int, index: Pending | None, features: Pending | None, kind: IndexSpec = FLAT,
+                 log=None):
+        self.index = search.IndexWriter(index.path, n, kind, log) if index is not None else None
         self.image = search.NpyAppender(features.path / "image.npy", n) if features is not None else None
         self.tokens = search.NpyAppender(features.path / "tokens.npy", n) if features is not None else None
 
@@ -78,11 +87,12 @@ class _Writer:
 
 
 def encode_once(ctx: Context, backbone: Backbone, gallery: Gallery, *, index: bool = True, grid: int | None = None,
-                skip_bad: bool = False, force: bool = False, batch_size: int = 64) -> Encodings:
+                skip_bad: bool = False, force: bool = False, batch_size: int = 64, kind: IndexSpec = FLAT) -> Encodings:
     """The index of `gallery` (when `index`) and its features with visual tokens pooled to `grid`
-    (when given), each found in the cache or built, the pixels encoded at most once."""
+    (when given), each found in the cache or built, the pixels encoded at most once. `kind`: the
+    index's kind (`index.ann`), part of its key."""
     ident = gallery.identity()  # stats every file once
-    icfg, fcfg = index_config(backbone, ident, skip_bad), (features_config(backbone, ident, grid)
+    icfg, fcfg = index_config(backbone, ident, skip_bad, kind), (features_config(backbone, ident, grid)
                                                             if grid is not None else None)
     ikey = ctx.store.key_for(INDEX, icfg)
     fkey = ctx.store.key_for(FEATURES, fcfg) if fcfg is not None else None
@@ -104,14 +114,14 @@ def encode_once(ctx: Context, backbone: Backbone, gallery: Gallery, *, index: bo
         if need_index and not need_features and not force:
             source = out.features or features_of(ctx, backbone, ident)
             if source is not None:
-                out.index = _index_from_features(ctx, gallery, source, icfg, ikey, backbone.spec.label())
+                out.index = _index_from_features(ctx, gallery, source, icfg, ikey, backbone.spec.label(), kind)
                 out.built.append(out.index.ref)
                 return out
         if stale is not None:
             ctx.store.remove(stale)
         _encode_into(ctx, backbone, gallery, out, grid=grid, batch_size=batch_size, skip_bad=skip_bad,
                      index=(icfg, ikey) if need_index else None,
-                     features=(fcfg, fkey) if need_features else None)
+                     features=(fcfg, fkey) if need_features else None, kind=kind)
     return out
 
 
@@ -132,18 +142,18 @@ def features_of(ctx: Context, backbone: Backbone, ident: dict[str, Any]) -> Arti
 
 
 def _index_from_features(ctx: Context, gallery: Gallery, source: Artifact, icfg: dict, ikey: str,
-                         label: str) -> Artifact:
+                         label: str, kind: IndexSpec = FLAT) -> Artifact:
     t = time.perf_counter()
     ids = json.loads((source.path / "ids.json").read_text())
     image = np.load(source.path / "image.npy", mmap_mode="r")
     with ctx.store.create(INDEX, ikey, config=icfg, model=icfg["model"], inputs=[{"kind": source.kind, "key": source.key}],
-                          description=f"{len(ids)} images of {describe_source(gallery.source)} with {label}") as out:
-        writer = search.IndexWriter(out.path, len(ids))
+                          description=index_description(len(ids), describe_source(gallery.source), label, kind)) as out:
+        writer = search.IndexWriter(out.path, len(ids), kind, ctx.reporter.info)
         for s in range(0, len(ids), 65536):
             writer.append(np.asarray(image[s:s + 65536], dtype=np.float32))
         writer.close(ids)
         out.manifest.update({"count": len(ids), "dim": int(image.shape[1]), "gallery_source": gallery.source,
-                             "skipped": [], "from_features": source.key,
+                             "skipped": [], "from_features": source.key, "index": kind.to_json(),
                              "timings_s": {"read_decode": 0.0, "encode": 0.0,
                                            "write": round(time.perf_counter() - t, 3)}})
     return ctx.store.get(INDEX, ikey)  # type: ignore[return-value]
@@ -151,7 +161,7 @@ def _index_from_features(ctx: Context, gallery: Gallery, source: Artifact, icfg:
 
 def _encode_into(ctx: Context, backbone: Backbone, gallery: Gallery, out: Encodings, *, grid: int | None,
                  batch_size: int, skip_bad: bool, index: tuple[dict, str] | None,
-                 features: tuple[dict, str] | None) -> None:
+                 features: tuple[dict, str] | None, kind: IndexSpec = FLAT) -> None:
     n = len(gallery)
     if n == 0:
         raise UserError("The gallery has no images.", "Give a folder or data set that holds images.")
@@ -161,7 +171,7 @@ def _encode_into(ctx: Context, backbone: Backbone, gallery: Gallery, out: Encodi
             if index is not None else None
         fpend = pending.enter_context(ctx.store.create(FEATURES, features[1], config=features[0], model=model)) \
             if features is not None else None
-        writer = _Writer(n, ipend, fpend)
+        writer = _Writer(n, ipend, fpend, kind, ctx.reporter.info)
         what = "indexing" if ipend is not None else "caching features of"
         stats = run_encoder(ctx, backbone, gallery, writer, grid=grid if fpend is not None else None,
                             batch_size=batch_size, description=f"{what} {n} images")
@@ -171,7 +181,8 @@ def _encode_into(ctx: Context, backbone: Backbone, gallery: Gallery, out: Encodi
         if ipend is not None and writer.index is not None:
             writer.index.close(ids)
             ipend.manifest.update({
-                "description": f"{len(ids)} images of {describe_source(gallery.source)} with {label}",
+                "description": index_description(len(ids), describe_source(gallery.source), label, kind),
+                "index": kind.to_json(),
                 "count": len(ids), "dim": int(writer.index.index.d), "gallery_source": gallery.source,
                 "skipped": [{"id": gallery.ids[i], "error": e} for i, e in stats.failures], "timings_s": timings})
         if fpend is not None and writer.image is not None and writer.tokens is not None:
