@@ -19,6 +19,7 @@ from zscir_cli.cli import (
     prepare,
     pretrain,
     query,
+    serve,
     submit,
     synth,
 )
@@ -44,6 +45,7 @@ app.command("compose-train", help="Stage II: composing adapters trained on synth
                                    "negative mining.")(compose_train.compose_train)
 app.command(help="Embed a gallery (a folder or a prepared data set) into a faiss index.")(index.index)
 app.command(help="Rank an index for a reference image plus a modification text.")(query.query)
+app.command(help="Serve queries over HTTP, with a page to walk a gallery.")(serve.serve)
 app.command("eval", help="Evaluate methods on a benchmark split (shapes, FashionIQ, CIRR, CIRCO).")(
     evaluate.evaluate)
 app.command(help="Write test-server prediction files (CIRR, CIRCO), validated.")(submit.submit)
