@@ -50,7 +50,7 @@ def test_a_gallery_file_as_reference_is_left_out_and_said(cli, indexed, tmp_path
 
 
 def test_another_image_excludes_nothing(cli, indexed, tmp_path):
-    cache, folder, key = indexed
+    cache, _folder, key = indexed
     other = tmp_path / "other.png"
     Image.new("RGB", (32, 32), "purple").save(other)
     code, out, err = cli("query", other, "make it red", "--method", "image", "-k", "20", "--json",

@@ -10,6 +10,7 @@ import typer
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
+from zscir_cli.data.benchmarks import SPLITS
 from zscir_cli.data.captions import FORMAT_HELP
 
 app = typer.Typer(help="Prepare data sets: the shapes world, image folders, FashionIQ, CIRR, CIRCO.",
@@ -86,6 +87,7 @@ SkipMissing = Annotated[bool, typer.Option("--skip-missing", help="Go on without
 def _benchmark_command(name: str, title: str):
     def command(
         root: BenchRoot = None,
+        split: list[str] | None = None,  # annotated below: its help names this benchmark's splits
         skip_missing: SkipMissing = False,
         force: Force = False,
         json_out: Json = False,
@@ -94,19 +96,27 @@ def _benchmark_command(name: str, title: str):
         from zscir_cli.pipeline.benchmarks import default_root, prepare_benchmark
 
         ctx = make_context(cache_dir)
-        art, built = prepare_benchmark(ctx, name, root or default_root(name), skip_missing=skip_missing, force=force)
+        art, built = prepare_benchmark(ctx, name, root or default_root(name), skip_missing=skip_missing, force=force,
+                                       splits=split)
         m = art.manifest
+        absent = m.get("missing_splits", {})
         if json_out:
-            print_json({"key": art.key, "built": built, "missing_images": m["missing_images"], **m["counts"]})
+            print_json({"key": art.key, "built": built, "missing_images": m["missing_images"],
+                        "missing_splits": sorted(absent), **m["counts"]})
             return
+        for s, files in absent.items():
+            warn(f"no {s} split: {', '.join(files)} not found; prepared {', '.join(m['splits'])} only")
         if m["missing_images"]:
             warn(f"{m['missing_images']} image(s) missing, e.g. {', '.join(m['missing_examples'][:5])}")
         err.print(("prepared" if built else "already prepared") + f" {name} from {m['root']}")
-        for split, c in m["counts"].items():
-            gallery = ", ".join(f"{g or 'gallery'} {n}" for g, n in c["gallery"].items())
-            typer.echo(f"{split}\tqueries {c['queries']}\texcluded {c['excluded_queries']}\t{gallery}")
+        for done, c in m["counts"].items():
+            gallery = ", ".join(f"{g or 'all'} {n}" for g, n in c["gallery"].items())
+            typer.echo(f"{done}\tqueries {c['queries']}\texcluded {c['excluded_queries']}\t{gallery}")
 
     command.__doc__ = f"Validate and record {title} (annotations and images in the public layout)."
+    command.__annotations__["split"] = Annotated[list[str] | None, typer.Option(
+        metavar="<split>", help=f"Prepare this split ({', '.join(SPLITS[name])}; repeatable) [default: every split whose "
+             "annotation files are present].", show_default=False)]
     return command
 
 

@@ -96,14 +96,37 @@ def _get(row: Any, key: str, path: Path, i: int | None) -> Any:
     return row[key]
 
 
+def tree_hint(name: str, first: str) -> str:
+    """`first` (what to do), then the expected tree on lines of its own: the tree comes last, so
+    that no sentence is printed after its last line."""
+    return f"{first} The expected tree:\n{LAYOUTS[name]}"
+
+
+def split_files(name: str, split: str) -> list[str]:
+    """The annotation files one split of a benchmark needs (besides those all splits share)."""
+    if name == "fashioniq":
+        return [f"captions/cap.{c}.{split}.json" for c in FIQ_CATEGORIES] + \
+               [f"image_splits/split.{c}.{split}.json" for c in FIQ_CATEGORIES]
+    if name == "cirr":
+        return [f"cirr/captions/cap.rc2.{split}.json", f"cirr/image_splits/split.rc2.{split}.json"]
+    return [f"annotations/{split}.json"]
+
+
+def present_splits(name: str, root: Path) -> list[str]:
+    """The splits of which at least one annotation file is there (a split partly there is an
+    error its loader names)."""
+    return [s for s in SPLITS[name] if any((Path(root) / r).is_file() for r in split_files(name, s))]
+
+
 def _require(root: Path, name: str, rels: list[str]) -> None:
     if not root.is_dir():
-        raise UserError(f"{name} not found at {root}. Get it from {SOURCES[name]}; the expected tree is:\n"
-                        f"{LAYOUTS[name]}", f"Then run 'zscir prepare {name} ROOT' (or set ZSCIR_DATA).")
+        raise UserError(f"{name} not found at {root}.",
+                        tree_hint(name, f"Get it from {SOURCES[name]}, then run 'zscir prepare {name} ROOT' "
+                                        "(or set ZSCIR_DATA to the folder holding it)."))
     missing = [r for r in rels if not (root / r).is_file()]
     if missing:
-        raise UserError(f"{name} at {root} lacks {len(missing)} annotation file(s): " + ", ".join(missing[:10])
-                        + f". Expected tree:\n{LAYOUTS[name]}", "Add the missing files from " + SOURCES[name] + ".")
+        raise UserError(f"{name} at {root} lacks {len(missing)} annotation file(s): " + ", ".join(missing[:10]) + ".",
+                        tree_hint(name, f"Add the missing files from {SOURCES[name]}."))
 
 
 def _check_split(name: str, split: str) -> None:
@@ -118,9 +141,7 @@ def _clean_caption(c: str) -> str:
 def load_fashioniq(root: Path, split: str) -> BenchSplit:
     _check_split("fashioniq", split)
     root = Path(root)
-    rels = [f"captions/cap.{c}.{split}.json" for c in FIQ_CATEGORIES] + \
-           [f"image_splits/split.{c}.{split}.json" for c in FIQ_CATEGORIES]
-    _require(root, "fashioniq", rels)
+    _require(root, "fashioniq", split_files("fashioniq", split))
     queries, galleries, names = [], {}, set()
     for cat in FIQ_CATEGORIES:
         galleries[cat] = list(_json(root / f"image_splits/split.{cat}.{split}.json"))
@@ -153,7 +174,7 @@ def load_fashioniq(root: Path, split: str) -> BenchSplit:
 def load_cirr(root: Path, split: str) -> BenchSplit:
     _check_split("cirr", split)
     root = Path(root)
-    _require(root, "cirr", [f"cirr/captions/cap.rc2.{split}.json", f"cirr/image_splits/split.rc2.{split}.json"])
+    _require(root, "cirr", split_files("cirr", split))
     name_to_rel = _json(root / f"cirr/image_splits/split.rc2.{split}.json", dict)
     images = {n: (root / rel).resolve() for n, rel in name_to_rel.items()}
     queries = []
@@ -175,7 +196,7 @@ def load_circo(root: Path, split: str) -> BenchSplit:
     _check_split("circo", split)
     root = Path(root)
     info_rel = "COCO2017_unlabeled/annotations/image_info_unlabeled2017.json"
-    _require(root, "circo", [f"annotations/{split}.json", info_rel])
+    _require(root, "circo", [*split_files("circo", split), info_rel])
     info = _json(root / info_rel, dict)
     folder = root / "COCO2017_unlabeled" / "unlabeled2017"
     listed = _get(info, "images", root / info_rel, None)

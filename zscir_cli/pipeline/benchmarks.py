@@ -12,7 +12,7 @@ from typing import Any
 
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
-from zscir_cli.data.benchmarks import LOADERS, SPLITS, BenchQuery
+from zscir_cli.data.benchmarks import LOADERS, SPLITS, BenchQuery, present_splits, split_files
 from zscir_cli.pipeline.context import Context
 
 KIND = "dataset"
@@ -36,11 +36,30 @@ def _annotation_digest(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def choose_splits(name: str, root: Path, splits: list[str] | None) -> tuple[list[str], list[str]]:
+    """(splits to prepare, splits left out because their annotation files are absent). Named
+    splits must all be there (their loader names what is missing); without names, every split
+    whose files are present, or, when none is, the first split's error."""
+    for split in splits or ():
+        if split not in SPLITS[name]:
+            raise UserError(f"{name} has no split '{split}'.", f"Choose one of: {', '.join(SPLITS[name])}.")
+    if splits:
+        return list(dict.fromkeys(splits)), []
+    present = present_splits(name, root) if root.is_dir() else []
+    if not present:
+        LOADERS[name](root, SPLITS[name][0])  # raises, naming the folder or the missing files
+    return present, [s for s in SPLITS[name] if s not in present]
+
+
 def prepare_benchmark(ctx: Context, name: str, root: Path, skip_missing: bool = False,
-                      force: bool = False) -> tuple[Artifact, bool]:
+                      force: bool = False, splits: list[str] | None = None) -> tuple[Artifact, bool]:
+    """Validate the tree and record the chosen splits (default: those present; the manifest names
+    the absent ones under `missing_splits`)."""
     root = Path(root).expanduser().resolve()
-    loaded = {split: LOADERS[name](root, split) for split in SPLITS[name]}
-    config = {"name": name, "root": str(root), "annotations": _annotation_digest(root), "skip_missing": skip_missing}
+    chosen, absent = choose_splits(name, root, splits)
+    loaded = {split: LOADERS[name](root, split) for split in chosen}
+    config = {"name": name, "root": str(root), "annotations": _annotation_digest(root), "skip_missing": skip_missing,
+              "splits": chosen}
     key = ctx.store.key_for(KIND, config)
     found = ctx.store.get(KIND, key)
     if found is not None and not force:
@@ -74,12 +93,14 @@ def prepare_benchmark(ctx: Context, name: str, root: Path, skip_missing: bool = 
             (folder / "galleries.json").write_text(json.dumps(galleries))
             (folder / "images.json").write_text(json.dumps({k: str(v) for k, v in b.images.items() if k not in gone}))
             counts[split] = {"queries": len(kept), "excluded_queries": excluded,
-                             "gallery": {g: len(v) for g, v in galleries.items()},
+                             "gallery": {(g or "all"): len(v) for g, v in galleries.items()},
                              "missing_images": len(gone & {i for ids in b.galleries.values() for i in ids}
                                                    | {q.reference for q in b.queries} & gone),
                              "ground_truth": b.has_ground_truth}
         out.manifest.update({"name": name, "root": str(root), "counts": counts, "missing_images": len(missing),
-                             "missing_examples": missing[:MAX_LISTED], "splits": list(loaded)})
+                             "missing_examples": missing[:MAX_LISTED], "splits": list(loaded),
+                             "missing_splits": {s: [r for r in split_files(name, s) if not (root / r).is_file()]
+                                                for s in absent}})
     return ctx.store.get(KIND, key), True  # type: ignore[return-value]
 
 
@@ -110,6 +131,10 @@ def open_split(ctx: Context, name: str, split: str) -> PreparedSplit:
     if split not in SPLITS.get(name, ()):
         raise UserError(f"{name} has no split '{split}'.", f"Choose one of: {', '.join(SPLITS.get(name, ()))}.")
     folder = art.path / split
+    if not folder.is_dir():
+        raise UserError(f"{name} was prepared from {art.manifest.get('root')} without its {split} split "
+                        f"(prepared: {', '.join(art.manifest.get('splits', [])) or 'none'}).",
+                        f"Add the {split} annotation files, then run 'zscir prepare {name} ROOT' again.")
     queries = [BenchQuery(**q) for q in json.loads((folder / "queries.json").read_text())]
     return PreparedSplit(art, name, split, queries, json.loads((folder / "galleries.json").read_text()),
                          json.loads((folder / "images.json").read_text()))
@@ -126,9 +151,9 @@ def default_root(name: str) -> Path:
 
     base = os.environ.get("ZSCIR_DATA")
     if not base:
-        from zscir_cli.data.benchmarks import LAYOUTS, SOURCES
+        from zscir_cli.data.benchmarks import SOURCES, tree_hint
 
-        raise UserError(f"No ROOT given for {name} and ZSCIR_DATA is not set. Get {name} from {SOURCES[name]}; "
-                        f"the expected tree is:\n{LAYOUTS[name]}",
-                        f"Run 'zscir prepare {name} ROOT', or set ZSCIR_DATA to the folder holding {name}/.")
+        raise UserError(f"No ROOT given for {name} and ZSCIR_DATA is not set.",
+                        tree_hint(name, f"Get {name} from {SOURCES[name]}, then run 'zscir prepare {name} ROOT', "
+                                        f"or set ZSCIR_DATA to the folder holding {name}/."))
     return Path(base) / name
