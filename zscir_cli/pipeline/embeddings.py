@@ -1,7 +1,11 @@
 """Image embeddings in clip-retrieval's layout, and indexes built from them.
 
-    FOLDER/img_emb/img_emb_{i}.npy          (rows, D) float16, L2-normalised, one row per image
+    FOLDER/img_emb/img_emb_{i}.npy          (rows, D) L2-normalised, one row per image
     FOLDER/metadata/metadata_{i}.parquet    the same rows: image_path (and id, when zscir wrote it)
+
+clip-retrieval writes float16; zscir writes float32, the numbers the encoder gave, so an index
+built from its parts equals the one a single process builds (rounding to fp16 first would swap
+near ties in the ranking). Readers take either.
 
 `i` is zero-padded to the digits of the part count, as clip-retrieval pads it, so the order of
 the file names is the order of the parts for autofaiss and embedding-reader too. A sharded
@@ -44,21 +48,17 @@ def part_name(i: int, count: int) -> str:
     return str(i).zfill(int(math.log10(max(count, 1))) + 1)
 
 
-def write_part(folder: Path, name: str, embeddings: np.ndarray, ids: list[str], paths: list[str],
-               tmp: Path) -> None:
-    """One part: the embeddings, then their metadata, each written under a temporary name and
-    renamed into place, so a crash leaves whole files or none (a part counts as written once
-    its metadata is there; see `part_done`)."""
+def publish_part(folder: Path, name: str, embeddings: Path, ids: list[str], paths: list[str], tmp: Path) -> None:
+    """One part: `embeddings` (a finished .npy under a temporary name) renamed into place, then its
+    metadata, written under a temporary name and renamed: a crash leaves whole files or none (a
+    part counts as written once both are there with equal row counts; see `part_done`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     for sub in (IMG_DIR, META_DIR):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    tmp.mkdir(parents=True, exist_ok=True)
-    emb_tmp = tmp / f"img_emb_{name}.{os.getpid()}.npy"
-    np.save(emb_tmp, np.ascontiguousarray(embeddings, dtype=np.float16))
-    _fsync(emb_tmp)
-    os.replace(emb_tmp, folder / IMG_DIR / f"img_emb_{name}.npy")
+    _fsync(embeddings)
+    os.replace(embeddings, folder / IMG_DIR / f"img_emb_{name}.npy")
     meta_tmp = tmp / f"metadata_{name}.{os.getpid()}.parquet"
     pq.write_table(pa.table({"image_path": pa.array(paths, pa.string()), "id": pa.array(ids, pa.string())}),
                    meta_tmp)

@@ -27,6 +27,7 @@ import numpy as np
 from zscir_cli.core import faults
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import Gallery
+from zscir_cli.index import search
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline import embeddings as emb
 from zscir_cli.pipeline.context import Context
@@ -71,13 +72,18 @@ class ShardedResult:
 
 
 class _PartWriter:
-    """One part's features in memory (a part is at most `part_size` rows)."""
+    """One part's features, float32, into a memory-mapped .npy under a temporary name."""
 
-    def __init__(self):
-        self.parts: list[np.ndarray] = []
+    def __init__(self, path: Path, capacity: int, dim: int):
+        self.npy, self.path, self.dim = search.NpyAppender(path, capacity, np.float32), path, dim
 
     def write(self, rows: list[int], v: np.ndarray, tokens: np.ndarray | None) -> None:
-        self.parts.append(v.astype(np.float16))
+        self.npy.append(v)
+
+    def close(self) -> None:
+        self.npy.close()
+        if self.npy.count == 0:  # no readable image in the part: an empty part keeps the numbering
+            np.save(self.path, np.zeros((0, self.dim), np.float32))
 
 
 def index_sharded(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist, *, part_size: int = 100_000,
@@ -162,21 +168,21 @@ def _write_part(ctx: Context, backbone: Backbone, gallery: Gallery, folder: Path
                 batch_size: int) -> None:
     rows = range(k * plan.part_rows, min(len(gallery), (k + 1) * plan.part_rows))
     part = GalleryRows(gallery, rows)
-    writer = _PartWriter()
+    name = emb.part_name(k, plan.count)
+    tmp = folder / "tmp"
+    tmp.mkdir(exist_ok=True)
+    writer = _PartWriter(tmp / f"img_emb_{name}.{os.getpid()}.npy", len(part), backbone.embed_dim)
     stats = run_encoder(ctx, backbone, part, writer, batch_size=batch_size,
                         description=f"part {k + 1}/{plan.count}: {len(part)} images")
-    name = emb.part_name(k, plan.count)
-    vectors = np.concatenate(writer.parts) if writer.parts else np.zeros((0, backbone.embed_dim), np.float16)
+    writer.close()
     log = {"rows": [rows[0], rows[-1] + 1], "written": len(stats.rows),
            "failures": [[rows[i], e] for i, e in stats.failures], "timings_s": stats.timings.as_dict()}
     (folder / LOG_DIR).mkdir(exist_ok=True)
-    tmp = folder / "tmp"
-    tmp.mkdir(exist_ok=True)
     log_tmp = tmp / f"part_{name}.{os.getpid()}.json"
     log_tmp.write_text(json.dumps(log))
     os.replace(log_tmp, folder / LOG_DIR / f"part_{name}.json")
-    emb.write_part(folder, name, vectors, [part.ids[i] for i in stats.rows],
-                   [_path_of(gallery, rows[i]) for i in stats.rows], tmp)
+    emb.publish_part(folder, name, writer.path, [part.ids[i] for i in stats.rows],
+                     [_path_of(gallery, rows[i]) for i in stats.rows], tmp)
 
 
 def _path_of(gallery: Gallery, row: int) -> str:
