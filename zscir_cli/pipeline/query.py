@@ -23,7 +23,7 @@ from zscir_cli.pipeline.indexing import KIND as INDEX_KIND
 from zscir_cli.pipeline.indexing import find_index
 from zscir_cli.pipeline.methods import QueryMethod
 from zscir_cli.pipeline.query_reference import gallery_row_of
-from zscir_cli.pipeline.report import figure, write_page
+from zscir_cli.pipeline.report import figure, score_labels, write_page
 
 
 @dataclass
@@ -182,13 +182,13 @@ def write_html(results: list[QueryResult], path: Path, title: str = "zscir resul
                   f"model {html.escape(res.model)}, index {html.escape(res.index.key)}</p>")]
         if res.reference_image is not None:
             parts.append(figure(res.reference_image, f"reference {Path(res.reference).name}", "ref"))
-        for hit in res.hits:
+        for hit, score in zip(res.hits, score_labels([h.score for h in res.hits])):
             img = None
             if res.gallery is not None and hit.id in res.gallery.ids:
                 try:
                     img = res.gallery.image(res.gallery.ids.index(hit.id))
                 except Exception:  # noqa: BLE001 - a vanished file only loses its thumbnail
                     img = None
-            parts.append(figure(img, f"#{hit.rank} {hit.id} {hit.score:.3f}"))
+            parts.append(figure(img, f"#{hit.rank} {hit.id} {score}"))
         body.append("".join(parts) + "</section>")
     write_page(path, title, body)
