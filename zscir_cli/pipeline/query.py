@@ -98,10 +98,10 @@ def check_query_text(text: str, method: str) -> None:
 
 @dataclass
 class LoadedIndex:
-    """An index read once (faiss index, features, ids) with its gallery re-opened, for a process
-    that answers many queries (`zscir serve`, `zscir query --queries`)."""
+    """An index read once (opened for `search.rank`, features, ids) with its gallery re-opened, for
+    a process that answers many queries (`zscir serve`, `zscir query --queries`)."""
     artifact: Artifact
-    faiss: Any
+    faiss: Any  # search.OpenIndex
     features: np.ndarray
     ids: list[str]
     gallery: Gallery | None
@@ -109,12 +109,13 @@ class LoadedIndex:
 
 
 def load_index(ctx: Context, index: Artifact) -> LoadedIndex:
-    faiss_index, features, ids = search.load(index.path)
+    opened = search.open_index(index.path)  # flat: exact; other kinds: candidates re-ranked exactly
+    features, ids = opened.features, opened.ids
     gallery = gallery_from_source(ctx, index.manifest.get("gallery_source", {}))
     rows: dict[str, int] = {}
     for r, i in enumerate(ids):
         rows.setdefault(i, r)  # the first row of an id, as ids.index finds it
-    return LoadedIndex(index, faiss_index, features, ids, gallery, rows)
+    return LoadedIndex(index, opened, features, ids, gallery, rows)
 
 
 def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str, text: str,
@@ -130,7 +131,7 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
     if k < 1:
         raise UserError(f"--top-k must be at least 1, got {k}.", "Pass --top-k 10, say.")
     loaded = loaded if loaded is not None else load_index(ctx, index)
-    faiss_index, features, ids, gallery = loaded.faiss, loaded.features, loaded.ids, loaded.gallery
+    features, ids, gallery = loaded.features, loaded.ids, loaded.gallery
     exclude: list[int] = []
     if reference_image is None and reference in loaded.rows and not Path(reference).is_file():
         row = loaded.rows[reference]
@@ -159,7 +160,7 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
         ref_feat = v if ref_feat is None else ref_feat
         ref_tokens = t
     query = method.encode(ref_feat, [text], ref_tokens)
-    rows, scores = search.rank(faiss_index, query, k, exclude=[exclude])
+    rows, scores = search.rank(loaded.faiss, query, k, exclude=[exclude])
     hits = [Hit(r + 1, ids[i], float(s)) for r, (i, s) in enumerate(zip(rows[0], scores[0])) if i >= 0]
     res = QueryResult(reference, text, method.name, index, backbone.spec.label(), hits, ref_img, gallery)
     res.run = method.run.key if method.run is not None else None
