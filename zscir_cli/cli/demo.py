@@ -21,6 +21,9 @@ def demo(
                                         "installation (its numbers mean nothing).")] = False,
     html: Annotated[Path, typer.Option(help="Where to write the example queries' HTML page.")] = Path("zscir-demo.html"),
     json_out: Json = False,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="Then serve the demo's gallery with 'zscir serve' (a page to query and walk it).")] = False,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port for --serve (0: any free port).")] = 8000,
     device: Device = "auto",
     cache_dir: CacheDir = None,
 ) -> None:
@@ -32,6 +35,10 @@ def demo(
 
     start = time.time()
     html = check_output(html)  # a bad path fails now, not after minutes of training
+    if serve:  # so does a busy port
+        from zscir_cli.cli.serve import bind
+
+        bind("127.0.0.1", port).close()
     ctx = make_context(cache_dir, device)
     cfg = DemoConfig.quick(seed) if quick else DemoConfig()
     if not quick:
@@ -47,6 +54,7 @@ def demo(
                     "backbone": res.backbone_eval, "checkpoint": res.checkpoint, "index": res.index_key,
                     "evaluation": ev.to_json(),
                     "html": str(html.resolve())})
+        _serve(ctx, res.index_key, serve, port)
         return
     from rich.table import Table
 
@@ -70,3 +78,13 @@ def demo(
     err.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()) + f", total {total:.1f}s")
     err.print(f"try: zscir query {res.examples[0].reference if res.examples else 'REF'} \"make it green\" "
               f"--index {res.index_key}" + (f" --cache-dir {ctx.store.root}" if cache_dir else ""))
+    err.print(f"serve: zscir serve --index {res.index_key}" + (f" --cache-dir {ctx.store.root}" if cache_dir else "")
+              + "  (then open the printed address in a browser)", highlight=False, markup=False)
+    _serve(ctx, res.index_key, serve, port)
+
+
+def _serve(ctx, index_key: str, serve: bool, port: int) -> None:
+    if serve:
+        from zscir_cli.cli.serve import serve_indexes
+
+        serve_indexes(ctx, [index_key], "127.0.0.1", port)

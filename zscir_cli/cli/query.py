@@ -13,8 +13,10 @@ from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
 
 
 def query(
-    reference: Annotated[str, typer.Argument(help="Reference image: a file, or an id in the index.")],
-    text: Annotated[str, typer.Argument(help="Modification text, e.g. \"make it red\".")],
+    reference: Annotated[str | None, typer.Argument(
+        help="Reference image: a file, or an id in the index.", show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(
+        help="Modification text, e.g. \"make it red\".", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="tscir (both stages), stage1, pic2word, sum, image or text.")] = "tscir",
     run: Annotated[str | None, typer.Option(
         "--run", help="Trained run for tscir/stage1/pic2word [default: the newest for the model].",
@@ -28,10 +30,21 @@ def query(
     html: Annotated[Path | None, typer.Option(
         "--html", help="Also write a self-contained HTML page with thumbnails.")] = None,
     json_out: Json = False,
+    queries: Annotated[Path | None, typer.Option(
+        "--queries", help="Answer every line of a JSONL file ({\"reference\": ID or image path, \"text\": "
+                          "..., \"k\": N}; paths relative to the file), one JSON line out per query, in "
+                          "order, instead of REFERENCE TEXT.", show_default=False)] = None,
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="With --queries: answer an invalid line with an error line and go on "
+                               "(default: name it and stop before any query runs).")] = False,
     device: Device = "auto",
     cache_dir: CacheDir = None,
 ) -> None:
     """Find the gallery images that show REFERENCE changed as TEXT says."""
+    if queries is not None or reference is None or text is None:
+        _batch_or_usage(queries, reference, text, method=method, run=run, top_k=top_k, index=index, model=model,
+                        pretrained=pretrained, skip_invalid=skip_invalid, device=device, cache_dir=cache_dir)
+        return
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
     from zscir_cli.pipeline.methods import check_method, load_method
     from zscir_cli.pipeline.query import (
@@ -72,3 +85,17 @@ def query(
         print_json(res.to_json())
         return
     print_hits(res)
+
+
+def _batch_or_usage(queries: Path | None, reference: str | None, text: str | None, **options) -> None:
+    """--queries FILE alone runs the batch; anything else short of REFERENCE TEXT is a usage error."""
+    from zscir_cli.cli.query_batch import query_batch
+    from zscir_cli.core.errors import UserError
+
+    if queries is None:
+        raise UserError("query needs REFERENCE and TEXT, or --queries FILE.",
+                        "e.g. zscir query test-g000000 \"make it green\", or zscir query --queries queries.jsonl.")
+    if reference is not None or text is not None:
+        raise UserError("--queries FILE takes the place of REFERENCE and TEXT; give one or the other.",
+                        "Put the query in the file, or leave out --queries.")
+    query_batch(queries, **options)

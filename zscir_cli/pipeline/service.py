@@ -27,8 +27,14 @@ from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.indexing import find_index
 from zscir_cli.pipeline.methods import METHODS, TRAINED, QueryMethod, load_method
-from zscir_cli.pipeline.query import LoadedIndex, QueryResult, load_index, resolve_query_index, run_query, \
-    spec_of_index
+from zscir_cli.pipeline.query import (
+    LoadedIndex,
+    QueryResult,
+    load_index,
+    resolve_query_index,
+    run_query,
+    spec_of_index,
+)
 
 DEFAULT_METHODS = ("tscir", "stage1", "pic2word", "sum")  # the first one served is the default
 THUMB_SIZES = (16, 1024)  # smallest and largest ?size= of a thumbnail
@@ -113,10 +119,11 @@ class Service:
         top_k = self.top_k(k)
         self.check_text(text, qm.name)
         image, name = self.reference(loaded, reference, upload)
+        data = upload.data if image is not None and upload is not None else None
         with self.model_lock:  # the model and faiss calls never race
-            try:
+            try:  # an upload is compared with the gallery by its bytes; its name is only a label
                 return run_query(self.ctx, qm, loaded.artifact, name, text, k=top_k,
-                                 reference_image=image, loaded=loaded)
+                                 reference_image=image, loaded=loaded, reference_bytes=data)
             except UserError as e:
                 raise ApiError(400, e.message, e.hint) from e
 

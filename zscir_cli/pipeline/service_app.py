@@ -121,6 +121,10 @@ def _routes(app: FastAPI, service: Service) -> None:
         return Response(_static("index.html"), media_type="text/html; charset=utf-8",
                         headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
 
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)  # no icon; a 204 keeps the browser from logging a 404
+
     @app.get("/static/{name}")
     async def static(name: str) -> Response:
         if name not in STATIC:  # a fixed list: no path from the request reaches the disk

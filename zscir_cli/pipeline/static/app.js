@@ -59,6 +59,7 @@ function figure(id, lines, onClick) {
   });
   fig.appendChild(cap);
   fig.dataset.id = id;
+  fig.title = id;
   fig.addEventListener("click", () => onClick(id));
   return fig;
 }
