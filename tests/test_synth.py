@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -207,3 +208,20 @@ def test_captions_outside_their_folder_are_refused_and_synth_writes_relative_pat
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows and all(r["reference"].startswith("img/") and r["target"].startswith("img/") for r in rows)
     assert len(read_triplets(out).rows) == len(rows)  # compose-train's reader takes the file as written
+
+
+def test_write_triplets_refuses_images_gone_since_the_captions_were_read(tmp_path):
+    from zscir_cli.data.synth import SynthReport, Triplet
+    from zscir_cli.pipeline.synth import Corpus, write_triplets
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (8, 8)).save(a)
+    t = Triplet(str(a), str(b), "make it red", "x", "y", "replace", "blue", "red", 1.0, "template")
+    report = SynthReport([t], Counter({"replace": 1}), Counter())
+    out = tmp_path / "t.jsonl"
+    with pytest.raises(UserError, match=r"1 image\(s\) of the triplets do not exist: .*b\.png"):
+        write_triplets(report, Corpus([str(a), str(b)], ["x", "y"], None, None), out)
+    assert not out.exists()
+    Image.new("RGB", (8, 8)).save(b)
+    write_triplets(report, Corpus([str(a), str(b)], ["x", "y"], None, None), out)
+    assert json.loads(out.read_text())["target"] == "b.png"
