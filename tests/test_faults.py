@@ -98,19 +98,26 @@ def _child(args, out: Path, err: Path, env: dict[str, str], kill_at_batch: int |
     os.dup2(fo.fileno(), 1)
     os.dup2(fe.fileno(), 2)
     sys.stdout, sys.stderr = fo, fe
-    if kill_at_batch is not None:
+    if kill_at_batch is not None:  # count the encoder's progress steps, one per batch
         from zscir_cli.cli import console
 
         seen = []
-        advance = console._RichTask.advance
+        make_task = console.RichReporter.task
 
-        def counting(self, n=1, **fields):
-            advance(self, n, **fields)
-            seen.append(n)
-            if len(seen) == kill_at_batch:
-                os.kill(os.getpid(), signal.SIGKILL)
+        def counted_task(self, description, total=None):
+            task = make_task(self, description, total)
+            advance = task.advance
 
-        console._RichTask.advance = counting
+            def counting(n=1, **fields):
+                advance(n, **fields)
+                seen.append(n)
+                if len(seen) == kill_at_batch:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            task.advance = counting
+            return task
+
+        console.RichReporter.task = counted_task
     from zscir_cli.cli.app import run
 
     code = run([str(a) for a in args])
