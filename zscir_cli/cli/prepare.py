@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from zscir_cli.cli import prepare_shards
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
@@ -122,3 +123,4 @@ def _benchmark_command(name: str, title: str):
 
 for _name, _title in (("fashioniq", "FashionIQ"), ("cirr", "CIRR"), ("circo", "CIRCO")):
     app.command(_name)(_benchmark_command(_name, _title))
+prepare_shards.register(app)  # webdataset, csv

@@ -1,0 +1,167 @@
+"""Training data in shards, read as streams: webdataset tar files and CSV/TSV files.
+
+- webdataset (img2dataset's output): tar files whose members are grouped into samples by key,
+  the member's path up to the first dot of its name (`000123.jpg`, `000123.txt`,
+  `000123.json` are one sample). The image is the `.jpg`/`.jpeg`/`.png`/`.webp` member, the
+  caption the `.txt` member (else a `.json` member's "caption"). Shard lists use brace
+  expansion, as webdataset does: `shards/{00000..00099}.tar`.
+- CSV/TSV (open_clip's `--csv-img-key`/`--csv-caption-key`/`--csv-separator` convention): a
+  header line naming the columns, one image path and caption a row.
+
+Neither reader holds more than one sample (one row) in memory: a corpus of any size streams.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import UnidentifiedImageError
+
+from zscir_cli.core.errors import UserError
+from zscir_cli.data.pixels import open_limited
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's split: key, then extension(s)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a{0..2}b` -> a0b a1b a2b (zero-padded to the width written: {00..10}); `{x,y}` -> x y;
+    several groups multiply, left to right."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    r = _RANGE.match(body)
+    if r is not None:
+        lo, hi = int(r.group(1)), int(r.group(2))
+        width = len(r.group(1)) if r.group(1).startswith("0") else 0
+        step = 1 if hi >= lo else -1
+        choices = [str(i).zfill(width) for i in range(lo, hi + step, step)]
+    else:
+        choices = body.split(",")
+    return [out for c in choices for out in expand_braces(head + c + tail)]
+
+
+@dataclass
+class Sample:
+    id: str  # shard name / key, unique in the corpus
+    where: str  # how messages name it: shard path and member
+    image: bytes | None  # the image member's bytes (None: the sample has no image)
+    caption: str | None  # None: no caption member
+
+
+def iter_tar(path: Path, name: str) -> Iterator[Sample]:
+    """The samples of one tar shard in member order; `name` prefixes the ids. A shard that
+    cannot be read to its end raises ShardError after the samples before the damage."""
+    group: dict[str, bytes] = {}
+    key: str | None = None
+    try:
+        with tarfile.open(path, mode="r|*") as tar:  # a stream: members are read once, in order
+            for member in tar:
+                if not member.isfile():
+                    continue
+                m = _KEY.match(member.name)
+                if m is None:
+                    continue
+                k, ext = m.group(1), m.group(2).lower()
+                if k != key and key is not None:
+                    yield _sample(path, name, key, group)
+                    group = {}
+                key = k
+                f = tar.extractfile(member)
+                group[ext] = f.read() if f is not None else b""
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ShardError(path, f"{type(e).__name__}: {e}".splitlines()[0][:200]) from e
+    if key is not None:
+        yield _sample(path, name, key, group)
+
+
+class ShardError(Exception):
+    """A shard that cannot be read to its end (truncated, not a tar)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _sample(path: Path, name: str, key: str, group: dict[str, bytes]) -> Sample:
+    ext = next((e for e in IMAGE_EXTS if e in group), None)
+    caption = None
+    if "txt" in group:
+        caption = group["txt"].decode("utf-8", errors="replace").strip()
+    elif "json" in group:
+        try:
+            meta = json.loads(group["json"])
+            if isinstance(meta, dict) and isinstance(meta.get("caption"), str):
+                caption = meta["caption"].strip()
+        except ValueError:
+            pass
+    where = f"{path}: {key}.{ext or '*'}"
+    return Sample(f"{name}/{key}", where, group[ext] if ext else None, caption)
+
+
+def check_image_bytes(data: bytes, what: str) -> str | None:
+    """None if the image decodes (within the pixel limit), else the reason."""
+    try:
+        with open_limited(io.BytesIO(data), what) as im:
+            im.load()
+        return None
+    except UnidentifiedImageError:  # its message names an in-memory buffer: say it plainly
+        return "UnidentifiedImageError: not an image format Pillow reads"
+    except Exception as e:  # noqa: BLE001 - reported per member
+        return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+
+def separator_for(path: Path, separator: str | None) -> str:
+    """The field separator: as given ('\\t' and 'tab' mean a tab), else by the file's suffix
+    (.tsv: tab; otherwise comma)."""
+    if separator is None:
+        return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    sep = {"\\t": "\t", "tab": "\t"}.get(separator, separator)
+    if len(sep) != 1:
+        raise UserError(f"--separator must be one character, got '{separator}'.", "e.g. --separator ',' or '\\t'.")
+    return sep
+
+
+def iter_csv(path: Path, image_column: str, caption_column: str | None, separator: str) -> Iterator[tuple[int, str, str | None]]:
+    """(line, image path as written, caption or None when empty) for every data row."""
+    shown = {"\t": "tab", ",": "comma"}.get(separator, repr(separator))
+    try:
+        f = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed below, rows stream
+    except OSError as e:
+        raise UserError(f"Cannot read {path} ({e.strerror}).", "Check the path.") from e
+    with f:
+        reader = csv.reader(f, delimiter=separator)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise UserError(f"{path} is empty.", "Give a file whose first line names the columns.")
+            missing = [c for c in (image_column, caption_column) if c is not None and c not in header]
+            if missing:
+                raise UserError(f"{path}: the header ({shown}-separated) has no column "
+                                f"{', '.join(repr(c) for c in missing)}; it has {', '.join(repr(c) for c in header[:8])}.",
+                                "Name the columns with --image-column and --caption-column, or the "
+                                "separator with --separator.")
+            ii = header.index(image_column)
+            ci = header.index(caption_column) if caption_column is not None else None
+            for row in reader:
+                if not row or all(not v.strip() for v in row):
+                    continue
+                if len(row) != len(header):
+                    raise UserError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}.",
+                                    "Quote fields that hold the separator, or fix the row.")
+                cap = row[ci].strip() if ci is not None else ""
+                yield reader.line_num, row[ii], (cap or None)
+        except csv.Error as e:
+            raise UserError(f"{path}:{reader.line_num}: not valid {shown}-separated text ({e}).",
+                            "Fix that line.") from e
