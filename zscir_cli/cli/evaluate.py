@@ -26,6 +26,9 @@ def evaluate(
         show_default=False)] = None,
     model: Model = None,
     pretrained: Pretrained = None,
+    kind: Annotated[str, typer.Option(
+        "--kind", help="Index kind of the galleries (see 'zscir index --kind'): flat ranks exactly, as "
+                       "the protocols are defined; the others re-rank their candidates exactly.")] = "flat",
     json_out: Json = False,
     device: Device = "auto",
     cache_dir: CacheDir = None,
@@ -58,7 +61,7 @@ def evaluate(
     suite = open_suite(ctx, name, split)
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
     methods = list(method) if method else available_methods(ctx, backbone)
-    res, worst = run_evaluation(ctx, backbone, suite, methods, {trained[0]: run} if run else None)
+    res, worst = run_evaluation(ctx, backbone, suite, methods, {trained[0]: run} if run else None, kind)
     if html is not None and worst is not None:
         worst.write(html, f"zscir eval {name} {split}: the worst queries of {worst.method} ({res.model})")
         err.print(f"wrote {html}")

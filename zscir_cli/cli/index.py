@@ -30,13 +30,20 @@ def index(
                                            "record the unreadable ones, instead of failing.")] = False,
     part_size: Annotated[int, typer.Option(min=1, help="Under torchrun: images per part (rounded up to "
                                            "a multiple of --batch-size); a rerun skips written parts.")] = 100_000,
+    kind: Annotated[str, typer.Option(
+        "--kind", help="Index kind: auto (by gallery size and --max-memory), flat (exact), hnsw, ivf, "
+                       "or a faiss factory string such as IVF4096,PQ64. Approximate kinds re-rank "
+                       "their candidates exactly against the stored vectors.")] = "auto",
+    max_memory: Annotated[str | None, typer.Option(
+        "--max-memory", help="Memory the index may take, e.g. 8G or 512M; auto picks the kind that "
+                             "fits [default: a quarter of the machine's RAM].", show_default=False)] = None,
     force: Force = False,
     json_out: Json = False,
     device: Device = "auto",
     workers: Workers = None,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Embed a gallery with a backbone: fp16 features, ids and an exact faiss index, cached.
+    """Embed a gallery with a backbone: fp16 features, ids and a faiss index of --kind, cached.
 
     Under torchrun every process embeds its parts of the gallery:
     torchrun --nnodes N --nproc_per_node G -m zscir_cli index GALLERY ...
@@ -48,12 +55,13 @@ def index(
                         "--pretrained openai.")
     ctx = make_context(cache_dir, device, workers)
     built = _build(ctx, gallery, embeddings, model, pretrained, batch_size=batch_size, skip_bad=skip_bad,
-                   force=force, part_size=part_size)
+                   force=force, part_size=part_size, kind=kind, max_memory=max_memory)
     if built is None:  # a torchrun process other than rank 0: its parts are written, rank 0 reports
         return
     res, label, extra = built
     info = {"index": res.artifact.key, "path": str(res.artifact.path), "images": res.artifact.manifest["count"],
-            "skipped": res.skipped, "model": label, "built": res.built, "timings_s": res.timings, **extra}
+            "skipped": res.skipped, "model": label, "built": res.built, "timings_s": res.timings,
+            "kind": res.artifact.manifest.get("index", {"kind": "flat"}), **extra}
     if json_out:
         print_json(info)
         return
@@ -61,7 +69,7 @@ def index(
         warn(f"skipped {res.skipped} unreadable image(s); they are listed in "
              f"{res.artifact.path / 'manifest.json'}")
     err.print(("built" if res.built else "already built") + f" index {res.artifact.key}: "
-              f"{info['images']} images, {info['model']}")
+              f"{info['images']} images, {info['model']}, {_kind_label(res.artifact.manifest)}")
     if extra.get("parts_reused"):
         err.print(f"resumed: {extra['parts_reused']} of {extra['parts']} parts were already written")
     if res.built and res.timings:
@@ -70,7 +78,7 @@ def index(
 
 
 def _build(ctx, gallery: str | None, embeddings: Path | None, model: str | None, pretrained: str | None, *,
-           batch_size: int, skip_bad: bool, force: bool, part_size: int):
+           batch_size: int, skip_bad: bool, force: bool, part_size: int, kind: str, max_memory: str | None):
     """(IndexResult, model label, extra JSON fields), or None on a torchrun process other than rank 0."""
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
 
@@ -98,5 +106,13 @@ def _build(ctx, gallery: str | None, embeddings: Path | None, model: str | None,
 
     images = resolve_gallery(ctx, gallery)
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
-    res = index_gallery(ctx, backbone, images, batch_size=batch_size, skip_bad=skip_bad, force=force)
+    res = index_gallery(ctx, backbone, images, batch_size=batch_size, skip_bad=skip_bad, force=force,
+                        kind=kind, max_memory=max_memory)
     return res, backbone.spec.label(), {}
+
+
+def _kind_label(manifest: dict) -> str:
+    from zscir_cli.index.ann import IndexSpec
+
+    spec = IndexSpec.from_json(manifest.get("index"))
+    return f"{spec.label()} index" + (f": {spec.reason}" if spec.reason else "")

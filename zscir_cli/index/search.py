@@ -136,12 +136,11 @@ def set_search_params(index: faiss.Index, spec: IndexSpec) -> None:
             space.set_index_parameter(index, name, int(spec.params[name]))
 
 
-def save(folder: Path, features: np.ndarray, ids: list[str]) -> None:
+def save(folder: Path, features: np.ndarray, ids: list[str], spec: IndexSpec = FLAT) -> None:
     """features as fp16 (half the disk, memory-mappable), ids as JSON, and the faiss index."""
-    folder = Path(folder)
-    np.save(folder / FEATURES, features.astype(np.float16))
-    (folder / IDS).write_text(json.dumps(ids), encoding="utf-8")
-    faiss.write_index(build_faiss(features), str(folder / INDEX))
+    writer = IndexWriter(Path(folder), len(features), spec)
+    writer.append(features)
+    writer.close(ids)
 
 
 class NpyAppender:
@@ -172,9 +171,10 @@ class NpyAppender:
 
 
 class IndexWriter:
-    """The index format written batch by batch. A flat index gets the float32 features as they
-    come (as `save` does); any other kind is built at `close` from features.npy, their fp16 copy,
-    read in chunks, so the float32 gallery is never in memory whole."""
+    """The index format written batch by batch. Every kind ranks the numbers features.npy holds
+    (fp16), so that a flat index and the exact re-rank of an approximate one score alike: a flat
+    index gets them as they come; any other kind is built at `close` from features.npy, read in
+    chunks, so the float32 gallery is never in memory whole."""
 
     def __init__(self, folder: Path, capacity: int, spec: IndexSpec = FLAT,
                  log: Callable[[str], None] | None = None):
@@ -183,21 +183,32 @@ class IndexWriter:
         self.index: faiss.Index | None = None
 
     def append(self, features: np.ndarray) -> None:
-        feats = np.ascontiguousarray(features, dtype=np.float32)
+        stored = np.ascontiguousarray(features, dtype=np.float16)
         if self.spec.exact:
             if self.index is None:
-                self.index = faiss.IndexFlatIP(feats.shape[1])
-            self.index.add(feats)  # a flat index only appends: batch by batch equals all at once
-        self.features.append(feats)
+                self.index = faiss.IndexFlatIP(stored.shape[1])
+            self.index.add(stored.astype(np.float32))  # only appends: batch by batch equals all at once
+        self.features.append(stored)
 
     def close(self, ids: list[str]) -> None:
         self.features.close()
         (self.folder / IDS).write_text(json.dumps(ids), encoding="utf-8")
         if not self.spec.exact and self.features.count:
-            self.index = build_index(self.folder / FEATURES, self.spec, self.log)
-        if self.index is not None:
-            faiss.write_index(self.index, str(self.folder / INDEX))
-            (self.folder / SPEC).write_text(json.dumps(self.spec.to_json()), encoding="utf-8")
+            self.index = index_folder(self.folder, self.spec, self.log)
+        elif self.index is not None:
+            write_index(self.folder, self.index, self.spec)
+
+
+def write_index(folder: Path, index: faiss.Index, spec: IndexSpec) -> None:
+    faiss.write_index(index, str(Path(folder) / INDEX))
+    (Path(folder) / SPEC).write_text(json.dumps(spec.to_json()), encoding="utf-8")
+
+
+def index_folder(folder: Path, spec: IndexSpec, log: Callable[[str], None] | None = None) -> faiss.Index:
+    """Build the index `spec` describes from the folder's features.npy and write it there."""
+    index = build_index(Path(folder) / FEATURES, spec, log)
+    write_index(folder, index, spec)
+    return index
 
 
 def npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:

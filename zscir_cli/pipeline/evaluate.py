@@ -33,6 +33,7 @@ from zscir_cli.pipeline.benchmarks import PROTOCOLS, PreparedSplit, open_split
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.features import FeatureSet, cached_features
 from zscir_cli.pipeline.galleries import encode_once
+from zscir_cli.pipeline.indexing import index_spec
 from zscir_cli.pipeline.methods import QueryMethod, load_method
 from zscir_cli.pipeline.report import Scored, WorstQueries
 
@@ -137,8 +138,10 @@ def _digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Suite | PreparedSplit) -> Rankings:
-    """Rank every query of the split with `method`, following the benchmark's protocol."""
+def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Suite | PreparedSplit,
+               kind: str = "flat") -> Rankings:
+    """Rank every query of the split with `method`, following the benchmark's protocol, against
+    each gallery's index of `kind` (flat: exact, as the protocols are defined)."""
     if isinstance(suite, PreparedSplit):
         suite = benchmark_suite(suite)
     top: list[list[str]] = [[] for _ in suite.queries]
@@ -150,9 +153,11 @@ def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Sui
         if not rows:
             continue
         whole = grid is not None and (suite.name == "shapes" or len(gallery) <= MAX_TOKEN_GALLERY)
-        enc = encode_once(ctx, backbone, gallery, index=True, grid=grid if whole else None)
+        spec = index_spec(kind, len(gallery), backbone.embed_dim)
+        enc = encode_once(ctx, backbone, gallery, index=True, grid=grid if whole else None, kind=spec)
         index.append(enc.index.key)  # type: ignore[union-attr]
-        faiss_index, gal_feats, gal_ids = search.load(enc.index.path)  # type: ignore[union-attr]
+        opened = search.open_index(enc.index.path)  # type: ignore[union-attr]
+        gal_feats, gal_ids = opened.features, opened.ids
         gal_row = {g: i for i, g in enumerate(gal_ids)}
         qs = [suite.queries[i] for i in rows]
         tokens = FeatureSet.open(enc.features) if enc.features is not None else None
@@ -165,7 +170,7 @@ def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Sui
         else:
             feats = method.encode(v, [q.texts[0] for q in qs], t)
         exclude = [[gal_row[q.reference]] if suite.remove_reference and q.reference in gal_row else [] for q in qs]
-        ranked, _ = search.rank(faiss_index, feats, DEPTH, exclude=exclude)
+        ranked, _ = search.rank(opened, feats, DEPTH, exclude=exclude)
         for j, i in enumerate(rows):
             top[i] = [gal_ids[r] for r in ranked[j] if r >= 0]
             if subset is not None:
@@ -248,14 +253,14 @@ def open_suite(ctx: Context, dataset: str, split: str) -> Suite:
 
 
 def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str],
-             runs: dict[str, str] | None = None) -> tuple[Evaluation, WorstQueries | None]:
-    """Every method on one suite; `runs` pins a trained method's run. Also returns the first
-    method's per-query outcome, for the worst-queries page."""
+             runs: dict[str, str] | None = None, kind: str = "flat") -> tuple[Evaluation, WorstQueries | None]:
+    """Every method on one suite; `runs` pins a trained method's run; `kind`: the galleries'
+    index kind. Also returns the first method's per-query outcome, for the worst-queries page."""
     check_scorable(suite)  # type: ignore[arg-type]
     results, worst, index = [], None, []
     for name in methods:
         method = load_method(ctx, name, backbone, (runs or {}).get(name))
-        rankings = rank_split(ctx, backbone, method, suite)
+        rankings = rank_split(ctx, backbone, method, suite, kind)
         index += [k for k in rankings.index if k not in index]
         metrics, groups = score_rankings(suite, rankings)
         results.append(MethodResult(name, metrics, groups, method.run.key if method.run is not None else None))
