@@ -44,16 +44,9 @@ from zscir_cli.model.backbone import (
 from zscir_cli.pipeline.backbones import user_errors
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
+from zscir_cli.pipeline.distributed import Dist, device_for, gather, init_distributed
 from zscir_cli.pipeline.encode import encode_gallery
-from zscir_cli.pipeline.training import (
-    Dist,
-    TrainSpec,
-    device_for,
-    gather,
-    init_distributed,
-    partial_path,
-    train,
-)
+from zscir_cli.pipeline.training import TrainSpec, partial_path, train
 
 KIND = "backbone"
 WEIGHTS = "open_clip_model.safetensors"

@@ -22,9 +22,10 @@ from zscir_cli.model.text import TextEncoder, placeholder_token_id
 from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
+from zscir_cli.pipeline.distributed import Dist, gather
 from zscir_cli.pipeline.features import FeatureSet
 from zscir_cli.pipeline.stage_shared import rows, shared_features, start_run, text_encoder
-from zscir_cli.pipeline.training import Dist, TrainSpec, find_run, gather, train
+from zscir_cli.pipeline.training import TrainSpec, find_run, train
 
 KIND = "stage1"
 

@@ -29,6 +29,7 @@ from zscir_cli.model.text import TextEncoder
 from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import load_split
+from zscir_cli.pipeline.distributed import Dist, gather
 from zscir_cli.pipeline.features import FeatureSet
 from zscir_cli.pipeline.stage1 import find_stage1
 from zscir_cli.pipeline.stage2_data import HardNegativeMiner, TripletData
@@ -40,7 +41,7 @@ from zscir_cli.pipeline.stage_shared import (
     text_encoder,
 )
 from zscir_cli.pipeline.synth import TripletFile, read_triplets
-from zscir_cli.pipeline.training import Dist, TrainSpec, find_run, gather, train
+from zscir_cli.pipeline.training import TrainSpec, find_run, train
 
 KIND = "stage2"
 

@@ -19,8 +19,8 @@ from zscir_cli.model.mapping import Mapper
 from zscir_cli.model.text import TextEncoder
 from zscir_cli.model.visual import tower_kind
 from zscir_cli.pipeline.context import Context
+from zscir_cli.pipeline.distributed import Dist, device_for, init_distributed
 from zscir_cli.pipeline.features import FeatureSet, cached_features
-from zscir_cli.pipeline.training import Dist, device_for, init_distributed
 
 
 def start_run(ctx: Context) -> tuple[Context, torch.device, Dist]:

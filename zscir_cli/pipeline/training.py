@@ -25,68 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from zscir_cli.core import faults
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.pipeline.context import Context
+from zscir_cli.pipeline.distributed import Dist, device_for, gather, init_distributed  # noqa: F401 - re-exported
 
 PARTIAL = ".partial"
 CHECKPOINT = "checkpoint.pt"
 RUN = "run.json"
 METRICS = "metrics.jsonl"
-
-
-# -- distributed -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def share(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank (a decision only rank 0 may take)."""
-        box = [obj]
-        if self.world > 1:
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group that torchrun describes in the environment (gloo on the CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def device_for(d: Dist, device: torch.device) -> torch.device:
-    if device.type == "cuda" and d.world > 1:
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
-    return device
-
-
-def gather(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Concatenate every rank's rows in rank order, keeping gradients for the local rows."""
-    if d.world == 1:
-        return x
-    import torch.distributed.nn.functional as dnn
-
-    return torch.cat(dnn.all_gather(x), dim=0)
 
 
 @dataclass
