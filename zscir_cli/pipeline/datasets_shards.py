@@ -99,9 +99,9 @@ def _build(ctx: Context, key: str, config: dict[str, Any], description: str, sou
             cause = e.__cause__ or e.__context__
             if isinstance(cause, UserError):
                 raise cause from None
+            if tally.kept == 0:  # datasets refuses an empty split
+                raise _nothing_kept(tally, config["name"]) from None
             raise
-        if tally.kept == 0:
-            raise _nothing_kept(tally, config["name"])
         hf.DatasetDict({"train": ds}).save_to_disk(str(out.path / "pairs"))
         del ds
         shutil.rmtree(build)
