@@ -92,6 +92,7 @@ def test_ddp_two_processes_match_one_process(cache, tmp_path):
             "--seed", "1", "--device", "cpu", "--workers", "0", "--json"]
     r1, r2 = one_and_two_processes(args, single, cache)
     run1, run2 = single / "stage1" / r1["run"], cache / "stage1" / r2["run"]
+    assert r1["run"] != r2["run"]  # the number of processes is part of a run's identity
     assert losses(run2) == pytest.approx(losses(run1), rel=1e-4)
     assert json.loads((run2 / "manifest.json").read_text())["world_size"] == 2
     w1, w2 = load_file(str(run1 / "weights.safetensors")), load_file(str(run2 / "weights.safetensors"))
@@ -109,6 +110,15 @@ def test_map_train_cli_then_query_with_stage1(cli, cache):
     assert {"weights.safetensors", "config.json", "metrics.jsonl", "manifest.json"} <= files
     manifest = json.loads((cache / "stage1" / run["run"] / "manifest.json").read_text())
     assert manifest["placeholder_id"] == 259 and manifest["config"]["vsi_layers"] == [1, 2, 3, 4]
+    assert run["built"] is True
+    again = ("map-train", *TINY, "--epochs", "1", "--batch-size", "16", "--cache-dir", cache, "--workers", "0",
+             "--json")
+    code, out, err = cli(*again)  # a rerun says it found the run, and trains nothing
+    assert code == 0 and json.loads(out)["built"] is False and json.loads(out)["run"] == run["run"]
+    assert f"already trained: stage1 run {run['run']}" in err and "--force" in err
+    code, out, err = cli(*again, "--force")
+    assert code == 0 and json.loads(out)["built"] is True and json.loads(out)["run"] == run["run"]
+    assert "already trained" not in err
     code, out, err = cli("index", "shapes", *TINY, "--cache-dir", cache, "--workers", "0")
     assert code == 0, err
     index = out.strip()

@@ -40,6 +40,7 @@ def compose_train(
         "--allow-outside-paths", help="Accept image paths that leave the triplet file's folder (a file you "
                                       "trust).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train again even if the cache holds this run.")] = False,
     model: Model = None,
     pretrained: Pretrained = None,
     json_out: Json = False,
@@ -62,12 +63,12 @@ def compose_train(
                        false_negative_similarity=false_negative_similarity,
                        stage1_weight=stage1_weight, stage1=stage1, skip_bad=skip_bad,
                        allow_outside_paths=allow_outside_paths)
-    art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume)
+    art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume, force=force)
     if _rank() != 0 or art is None:
         return
     final = art.manifest.get("final", {})
     if json_out:
-        print_json({"run": art.key, "path": str(art.path), "stage1_run": art.manifest.get("stage1_run"), **final})
+        print_json({"run": art.key, "built": art.built, "path": str(art.path), "stage1_run": art.manifest.get("stage1_run"), **final})
         return
     err.print(f"tscir run {art.key} (on Stage I run {art.manifest.get('stage1_run')}): {art.path}", highlight=False)
     out.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

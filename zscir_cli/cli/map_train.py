@@ -42,6 +42,7 @@ def map_train(
     temperature: Annotated[float, typer.Option(min=1e-4, help="Temperature tau of both losses.")] = 0.07,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Token learner dropout.")] = 0.5,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train again even if the cache holds this run.")] = False,
     json_out: Json = False,
     device: Device = "auto",
     workers: Workers = None,
@@ -65,12 +66,12 @@ def map_train(
                        seed=seed, temperature=temperature, vsi=not no_vsi, vsi_layers=_layers(vsi_layers),
                        vsi_grid=vsi_grid, vsi_scope=vsi_scope, sta=not no_sta, sta_weight=sta_weight,
                        dropout=dropout)
-    art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume)
+    art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume, force=force)
     if _rank() != 0 or art is None:  # under torchrun only rank 0 reports
         return
     final = art.manifest.get("final", {})
     if json_out:
-        print_json({"run": art.key, "path": str(art.path), "method": art.manifest.get("method"), **final})
+        print_json({"run": art.key, "built": art.built, "path": str(art.path), "method": art.manifest.get("method"), **final})
         return
     err.print(f"{art.manifest.get('method')} run {art.key}: {art.path}", highlight=False)
     shown = {k: v for k, v in final.items() if k != "lr"}

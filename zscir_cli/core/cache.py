@@ -65,6 +65,7 @@ class Artifact:
     key: str
     path: Path
     manifest: dict[str, Any] = field(repr=False)
+    built: bool = field(default=False, compare=False, repr=False)  # made by this call, not found
 
     @property
     def ref(self) -> str:

@@ -34,9 +34,14 @@ class Dist:
         return box[0]
 
 
+def world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun), known before joining."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group that torchrun describes in the environment (gloo on the CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return Dist()
     if not dist.is_initialized():

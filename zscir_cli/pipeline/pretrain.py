@@ -44,7 +44,7 @@ from zscir_cli.model.backbone import (
 from zscir_cli.pipeline.backbones import user_errors
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
-from zscir_cli.pipeline.distributed import Dist, device_for, gather, init_distributed
+from zscir_cli.pipeline.distributed import Dist, device_for, gather, init_distributed, world_size
 from zscir_cli.pipeline.encode import encode_gallery
 from zscir_cli.pipeline.training import TrainSpec, partial_path, train
 
@@ -135,6 +135,12 @@ def shapes_world(data: Artifact) -> shapes.WorldConfig:
     return shapes.WorldConfig(**{k: v for k, v in config.items() if k in shapes.WorldConfig.__dataclass_fields__})
 
 
+def run_config(cfg: PretrainConfig) -> dict[str, Any]:
+    """What names a pretraining run: its settings and the number of processes (BatchNorm
+    statistics are per process, so N processes do not give one process's weights)."""
+    return {**asdict(cfg), "world_size": world_size()}
+
+
 def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes", force: bool = False,
              resume: bool = False, stop_after_epoch: int | None = None) -> tuple[Artifact, bool]:
     """Train (or find in the cache) the base CLIP; returns (artifact, built_now). With
@@ -142,7 +148,7 @@ def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes", force: 
     register_configs()
     data = find_dataset(ctx, dataset)
     world = shapes_world(data)
-    config = asdict(cfg)
+    config = run_config(cfg)
     key = ctx.store.key_for(KIND, config, [identity(data)])
     found = ctx.store.get(KIND, key)
     if found is not None and not force:
@@ -220,7 +226,7 @@ def _train(ctx: Context, cfg: PretrainConfig, world: shapes.WorldConfig, data: A
                                                 indent=2))
         (folder / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    spec = TrainSpec(kind=KIND, key=key, config=asdict(cfg), inputs=[identity(data)], seed=cfg.seed, model=None,
+    spec = TrainSpec(kind=KIND, key=key, config=run_config(cfg), inputs=[identity(data)], seed=cfg.seed, model=None,
                      description=f"{cfg.model} trained {cfg.steps} steps on shapes (seed {cfg.seed})",
                      n_items=cfg.steps * cfg.batch_size, batch_size=cfg.batch_size, epochs=cfg.epochs,
                      lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,

@@ -22,10 +22,10 @@ from zscir_cli.model.text import TextEncoder, placeholder_token_id
 from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
-from zscir_cli.pipeline.distributed import Dist, gather
+from zscir_cli.pipeline.distributed import Dist, gather, world_size
 from zscir_cli.pipeline.features import FeatureSet
 from zscir_cli.pipeline.stage_shared import rows, shared_features, start_run, text_encoder
-from zscir_cli.pipeline.training import TrainSpec, find_run, train
+from zscir_cli.pipeline.training import TrainSpec, existing_run, find_run, train
 
 KIND = "stage1"
 
@@ -183,6 +183,8 @@ def _train_spec(ctx: Context, backbone: Backbone, data: Artifact, feats: Feature
     config = asdict(cfg)
     config["vsi_layers"] = mcfg.vsi_layers
     config["model"] = backbone.spec.identity()
+    # N processes follow one process's loss curve but not its exact weights (reductions differ)
+    config["world_size"] = world_size()
     inputs = [identity(data), identity(feats.artifact)]
     return TrainSpec(kind=KIND, key=ctx.store.key_for(KIND, config, inputs), config=config, inputs=inputs,
                      seed=cfg.seed, model=backbone.spec.identity(),
@@ -194,7 +196,7 @@ def _train_spec(ctx: Context, backbone: Backbone, data: Artifact, feats: Feature
                                      "placeholder_id": mcfg.placeholder_id, "mapping": asdict(mcfg)})
 
 
-def map_train(ctx: Context, spec: ModelSpec, cfg: Stage1Config, *, resume: bool = False,
+def map_train(ctx: Context, spec: ModelSpec, cfg: Stage1Config, *, resume: bool = False, force: bool = False,
               stop_after_epoch: int | None = None) -> Artifact | None:
     ctx, device, d = start_run(ctx)
     data = find_dataset(ctx, cfg.data)
@@ -208,7 +210,7 @@ def map_train(ctx: Context, spec: ModelSpec, cfg: Stage1Config, *, resume: bool 
     net = Stage1Net(mapper, text_encoder(backbone, mcfg.placeholder_id))
     prompt = backbone.tokenizer([PROMPT.replace("$", cfg.placeholder)]).to(device)  # (1, L)
     tspec = _train_spec(ctx, backbone, data, train_feats, cfg, mcfg)
-    found = ctx.store.get(KIND, tspec.key)
+    found = existing_run(ctx, KIND, tspec.key, d, force=force)
     if found is not None:  # finished already (with --resume too: nothing is left to do)
         return found
     if tspec.n_items < cfg.batch_size:

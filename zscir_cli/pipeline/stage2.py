@@ -29,7 +29,7 @@ from zscir_cli.model.text import TextEncoder
 from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import load_split
-from zscir_cli.pipeline.distributed import Dist, gather
+from zscir_cli.pipeline.distributed import Dist, gather, world_size
 from zscir_cli.pipeline.features import FeatureSet
 from zscir_cli.pipeline.stage1 import find_stage1
 from zscir_cli.pipeline.stage2_data import HardNegativeMiner, TripletData
@@ -41,7 +41,7 @@ from zscir_cli.pipeline.stage_shared import (
     text_encoder,
 )
 from zscir_cli.pipeline.synth import TripletFile, read_triplets
-from zscir_cli.pipeline.training import TrainSpec, find_run, train
+from zscir_cli.pipeline.training import TrainSpec, existing_run, find_run, train
 
 KIND = "stage2"
 
@@ -172,7 +172,7 @@ def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifac
               if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths")}
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
                    "triplets_sha256": file_sha256(Path(cfg.triplets)), "triplets": len(data),
-                   "adapter_layers": adapters.cfg.layers})
+                   "adapter_layers": adapters.cfg.layers, "world_size": world_size()})
     inputs = inputs + [identity(s1), identity(data.feats.artifact)]
     return TrainSpec(kind=KIND, key=ctx.store.key_for(KIND, config, inputs), config=config, inputs=inputs,
                      seed=cfg.seed, model=backbone.spec.identity(),
@@ -193,7 +193,7 @@ def _save_run(adapters: ComposingAdapters, tuned: Mapper | None, folder: Path) -
 
 
 def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: bool = False,
-                  stop_after_epoch: int | None = None) -> Artifact | None:
+                  force: bool = False, stop_after_epoch: int | None = None) -> Artifact | None:
     ctx, device, d = start_run(ctx)
     trip = read_triplets(Path(cfg.triplets), skip_bad=cfg.skip_bad, allow_outside=cfg.allow_outside_paths)
     if trip.skipped:
@@ -214,7 +214,7 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
     adapters = build_adapters(encoder, cfg).to(device)
     net = Stage2Net(mapper, adapters, encoder, cfg.tune_stage1)
     tspec = _train_spec(ctx, cfg, backbone, s1, data, adapters, inputs, len(trip.skipped))
-    found = ctx.store.get(KIND, tspec.key)
+    found = existing_run(ctx, KIND, tspec.key, d, force=force)
     if found is not None:  # finished already (with --resume too: nothing is left to do)
         return found
     if len(data) < cfg.batch_size:

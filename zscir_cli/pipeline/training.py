@@ -76,6 +76,26 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def existing_run(ctx: Context, kind: str, key: str, d: Dist, *, force: bool = False) -> Artifact | None:
+    """The finished run with this key, said so (a rerun returns it without training); with
+    `force`, it and any interrupted run of it are removed under its lock, and None is returned.
+    Rank 0 decides, every rank gets the same answer."""
+    if not d.main:
+        return d.share(None)
+    found = ctx.store.get(kind, key)
+    if found is not None and force:
+        with ctx.store.lock(kind, key, on_wait=ctx.reporter.info):
+            again = ctx.store.get(kind, key)
+            if again is not None:
+                ctx.store.remove(again)
+            shutil.rmtree(partial_path(ctx.store.root, kind, key), ignore_errors=True)
+        found = None
+    elif found is not None:
+        ctx.reporter.info(f"already trained: {kind} run {key} ({found.description}); "
+                          "pass --force to train it again")
+    return d.share(found)
+
+
 def find_run(ctx: Context, kind: str, spec, run: str | None, where, missing: UserError) -> Artifact:
     """The run named `run` (it must be of `spec`'s backbone), else the newest of `kind` for the
     backbone that `where(artifact)` accepts; `missing` is raised when there is none."""
@@ -346,4 +366,7 @@ class _Run:
             out.manifest["world_size"] = d.world
         shutil.rmtree(self.folder, ignore_errors=True)
         d.barrier()
-        return ctx.store.get(spec.kind, spec.key)
+        art = ctx.store.get(spec.kind, spec.key)
+        if art is not None:
+            art.built = True
+        return art
