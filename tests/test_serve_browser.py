@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
            "installs them) and selenium (the test extra)")
 
 # a file name that is also HTML: the page must show it as text
-TRICKY = "<b>bold</b> & co.png"
+TRICKY = "<img src=x onerror=alert(1)> & co.png"
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_upload_query_then_walk_the_gallery(server, browser, tmp_path):
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery figure")) == 11)
     # user strings are text: the tricky file name shows literally and adds no element
     captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "#gallery figcaption")]
-    assert TRICKY in captions and not browser.find_elements(By.CSS_SELECTOR, "#gallery b")
+    assert TRICKY in captions and not browser.find_elements(By.CSS_SELECTOR, "#gallery figcaption img")
 
     browser.find_element(By.ID, "ref-file").send_keys(str(min(folder.rglob("*.jpg"))))
     browser.find_element(By.ID, "text").send_keys("make it red")
@@ -129,7 +129,7 @@ def test_upload_query_then_walk_the_gallery(server, browser, tmp_path):
     browser.find_element(By.ID, "submit").click()
     figs = wait.until(lambda d: _loaded_results(d, 4))
     summary = browser.find_element(By.ID, "summary").text
-    assert 'results for "make it red": method sum' in summary
+    assert summary.startswith('4 results for img1.jpg + "make it red": method sum'), summary
     assert all(re.fullmatch(r"#\d \S.*\n-?\d\.\d+", f.text) for f in figs), [f.text for f in figs]
     browser.save_screenshot(str(tmp_path / "results.png"))
 
@@ -140,7 +140,8 @@ def test_upload_query_then_walk_the_gallery(server, browser, tmp_path):
     assert browser.find_element(By.ID, "ref-label").text == chosen
     assert browser.execute_script("return document.getElementById('ref-file').files.length") == 0
     browser.find_element(By.ID, "submit").click()
-    wait.until(lambda d: (d.find_element(By.ID, "summary").text != summary) and _loaded_results(d, 4))
+    wait.until(lambda d: d.find_element(By.ID, "summary").text.startswith(f"4 results for {chosen} + ")
+               and _loaded_results(d, 4))
     assert chosen not in [f.get_attribute("data-id") for f in _loaded_results(browser, 4)]
 
     # an error of the API is shown, with its hint

@@ -95,7 +95,7 @@ function showReference() {
 function renderResults(res) {
   const box = $("results");
   box.replaceChildren();
-  $("summary").textContent = `${res.results.length} results for "${res.text}": method ${res.method}` +
+  $("summary").textContent = `${res.results.length} results for ${res.reference} + "${res.text}": method ${res.method}` +
     (res.run ? ` (run ${res.run})` : "") + `, index ${res.index}, model ${res.model}`;
   for (const r of res.results) {
     const fig = figure(r.id, [[`#${r.rank} ${r.id}`, ""], [r.score.toPrecision(4), "score"]], setReferenceId);
