@@ -36,8 +36,8 @@ def query_batch(queries: Path, *, method: str, run: str | None, top_k: int, inde
     if bad and not skip_invalid:  # before any model is loaded
         first = bad[0].error
         assert first is not None
-        more = (f" ({len(bad)} invalid lines: {', '.join(str(q.line) for q in bad[:10])}"
-                f"{' ...' if len(bad) > 10 else ''})") if len(bad) > 1 else ""
+        more = (f" (invalid lines: {', '.join(str(q.line) for q in bad[:10])}"
+                f"{f' and {len(bad) - 10} more' if len(bad) > 10 else ''})") if len(bad) > 1 else ""
         raise UserError(first.message + more, ((first.hint or "") + " " + SKIP_HINT).strip())
     for q in bad:
         warn(f"{q.error} (answered with an error line)")
