@@ -30,6 +30,7 @@ def demo(
     """Composed image retrieval end to end on the embedded shapes world, offline, on a CPU."""
     from dataclasses import replace
 
+    from zscir_cli.cli.evaluate import add_oracle_row
     from zscir_cli.pipeline.demo import DemoConfig, run_demo
     from zscir_cli.pipeline.report import check_output
 
@@ -71,6 +72,7 @@ def demo(
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in ev.results:
         table.add_row(r.method, *(f"{r.metrics[m]:.1f}" for m in ("R@1", "R@10", "R@50", "mAP@10")))
+    add_oracle_row(table, ev)
     out.print(table)
     out.print("These are numbers of the embedded shapes lab (a small CLIP trained here from scratch), "
               "not of any public benchmark.")

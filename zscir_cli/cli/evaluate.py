@@ -29,6 +29,9 @@ def evaluate(
     kind: Annotated[str, typer.Option(
         "--kind", help="Index kind of the galleries (see 'zscir index --kind'): flat ranks exactly, as "
                        "the protocols are defined; the others re-rank their candidates exactly.")] = "flat",
+    oracle: Annotated[bool, typer.Option(
+        "--oracle/--no-oracle", help="shapes: also rank each query by its target's caption through the base "
+                                     "CLIP, a ceiling (not a method: no query offers it).")] = True,
     json_out: Json = False,
     device: Device = "auto",
     cache_dir: CacheDir = None,
@@ -61,7 +64,7 @@ def evaluate(
     suite = open_suite(ctx, name, split)
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
     methods = list(method) if method else available_methods(ctx, backbone)
-    res, worst = run_evaluation(ctx, backbone, suite, methods, {trained[0]: run} if run else None, kind)
+    res, worst = run_evaluation(ctx, backbone, suite, methods, {trained[0]: run} if run else None, kind, oracle)
     if html is not None and worst is not None:
         worst.write(html, f"zscir eval {name} {split}: the worst queries of {worst.method} ({res.model})")
         err.print(f"wrote {html}")
@@ -80,8 +83,42 @@ def evaluate(
     for col in ("method", "run", "R@1", "R@10", "R@50", "mAP@10"):
         table.add_column(col, justify="left" if col in ("method", "run") else "right")
     for r in res.results:
-        table.add_row(r.method, r.run or "-", *(f"{r.metrics[m]:.1f}" for m in ("R@1", "R@10", "R@50", "mAP@10")))
+        table.add_row(r.method, r.run or "-", *(f"{r.metrics[m]:.1f}" for m in SHAPES_METRICS))
+    add_oracle_row(table, res, with_run=True)
     out.print(table)
+    out.print(breakdown_table(res))
+
+
+SHAPES_METRICS = ("R@1", "R@10", "R@50", "mAP@10")
+
+
+def add_oracle_row(table, res, with_run: bool = False) -> None:
+    """The target-caption ceiling below the methods, set apart from them."""
+    from zscir_cli.pipeline.evaluate import ORACLE_LABEL
+
+    if res.oracle is None:
+        return
+    table.add_section()
+    table.add_row(ORACLE_LABEL, *(["-"] if with_run else []), *(f"{res.oracle.metrics[m]:.1f}" for m in SHAPES_METRICS))
+
+
+def breakdown_table(res):
+    """R@1 of every method (and the oracle) by edit type and by objects in the reference scene,
+    each column headed by its group and query count."""
+    from rich.table import Table
+
+    table = Table(title="R@1 by edit type | by objects in the reference", title_justify="left")
+    table.add_column("method")
+    cols = [(name, g) for name, by in res.group_queries.items() for g in by]
+    for name, g in cols:
+        label = f"{g} obj" if name == "by_objects_R@1" else g
+        table.add_column(f"{label} ({res.group_queries[name][g]})", justify="right")
+    rows = [(r.method, r.groups) for r in res.results]
+    if res.oracle is not None:
+        rows.append(("oracle", res.oracle.groups))
+    for method, groups in rows:
+        table.add_row(method, *(f"{groups[n][g]:.1f}" if g in groups.get(n, {}) else "-" for n, g in cols))
+    return table
 
 
 def _print_benchmark(res) -> None:

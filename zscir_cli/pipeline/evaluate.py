@@ -12,11 +12,12 @@ Shapes protocol (ours, in the README): the whole split gallery ranked with the r
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from zscir_cli.data import shapes
 from zscir_cli.data.benchmarks import BenchQuery
 from zscir_cli.data.images import Gallery, load_rgb
 from zscir_cli.eval.metrics import map_at_k, recall_at_k
@@ -46,7 +47,12 @@ SHAPES_PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground tr
                    "mAP@K as CIRCO")
 PROMPTS = {"shapes": "a photo of $ that {modification} (pic2word, stage1, tscir); the text alone (text, sum)",
            "benchmark": "a photo of $ that {caption} (pseudo-word methods); the caption alone (text, sum)"}
-NESTED_GROUPS = ("by_edit_R@1",)  # breakdowns shown inside each method's results (the rest: top level)
+# breakdowns shown inside each method's results (the rest: top level)
+NESTED_GROUPS = ("by_edit_R@1", "by_objects_R@1")
+# shapes: each query ranked by the text feature of its target's caption through the same base
+# CLIP: what a perfect description of the target reaches, so the room left above every method
+ORACLE = "oracle"
+ORACLE_LABEL = "oracle (target caption, a ceiling, not a method)"
 
 
 class PathGallery(Gallery):
@@ -73,6 +79,8 @@ class Suite:
     remove_reference: bool
     excluded: int = 0  # queries left out for missing images
     references: dict[str, str] = field(default_factory=dict)  # image id -> file, for images outside a gallery
+    oracle_texts: list[str] = field(default_factory=list)  # shapes: each query's target caption
+    facets: dict[str, list[str]] = field(default_factory=dict)  # breakdown name -> each query's group
     _where: dict[str, tuple[str, int]] | None = field(default=None, repr=False)
 
     @property
@@ -94,10 +102,17 @@ def shapes_suite(ctx: Context, dataset: str, split: str) -> Suite:
 
     art = find_dataset(ctx, dataset)
     rows = load_split(art, "cir", split)
-    queries = [BenchQuery(str(qid), ref, [text], list(gt), edit=edit) for qid, ref, text, gt, edit in
+    queries = [BenchQuery(str(qid), ref, [text], list(gt), target=tgt, edit=edit)
+               for qid, ref, text, gt, tgt, edit in
                zip(rows["query_id"], rows["reference_id"], rows["modification"], rows["ground_truth"],
-                   rows["edit_type"])]
-    return Suite("shapes", split, art.key, queries, {"": resolve_gallery(ctx, f"{art.key}:{split}")}, True)
+                   rows["target_id"], rows["edit_type"])]
+    items = load_split(art, "gallery", split).select_columns(["id", "scene"])
+    scenes = dict(zip(items["id"], items["scene"]))
+    # the caption the world writes for the target's scene (template 0, as every gallery caption)
+    oracle = [shapes.caption(shapes.Scene.from_json(scenes[q.target])) for q in queries]  # type: ignore[index]
+    objects = [str(len(shapes.Scene.from_json(scenes[q.reference]).objects)) for q in queries]
+    return Suite("shapes", split, art.key, queries, {"": resolve_gallery(ctx, f"{art.key}:{split}")}, True,
+                 oracle_texts=oracle, facets={"by_objects_R@1": objects})
 
 
 def benchmark_suite(data: PreparedSplit) -> Suite:
@@ -207,6 +222,8 @@ class Evaluation:
     gallery: int  # images ranked, all groups together
     index: list[str]  # the index keys ranked against
     results: list[MethodResult]
+    oracle: MethodResult | None = None  # shapes: the target-caption ceiling, not a method
+    group_queries: dict[str, dict[str, int]] = field(default_factory=dict)  # breakdown -> group -> queries
 
     @property
     def runs(self) -> dict[str, str]:
@@ -225,6 +242,11 @@ class Evaluation:
             for g, v in r.groups.items():
                 if g not in NESTED_GROUPS:
                     out.setdefault(g, {})[r.method] = v
+        if self.oracle is not None:
+            out[ORACLE] = {"label": ORACLE_LABEL, **self.oracle.metrics,
+                           **{g: v for g, v in self.oracle.groups.items() if g in NESTED_GROUPS}}
+        if self.group_queries:
+            out["queries_per_group"] = self.group_queries
         return out
 
 
@@ -236,11 +258,29 @@ def score_rankings(suite: Suite, rankings: Rankings) -> tuple[dict[str, float], 
     ranked, pos = as_rows(rankings.top, [q.targets for q in suite.queries])
     metrics = {"R@1": recall_at_k(ranked, pos, 1), "R@10": recall_at_k(ranked, pos, 10),
                "R@50": recall_at_k(ranked, pos, 50), "mAP@10": map_at_k(ranked, pos, 10)}
-    by_edit: dict[str, list[int]] = defaultdict(list)
-    for i, q in enumerate(suite.queries):
-        by_edit[q.edit].append(i)
-    return metrics, {"by_edit_R@1": {e: recall_at_k(ranked[rows], [pos[i] for i in rows], 1)
-                                     for e, rows in sorted(by_edit.items())}}
+    return metrics, {name: {g: recall_at_k(ranked[rows], [pos[i] for i in rows], 1) for g, rows in by.items()}
+                     for name, by in query_groups(suite).items()}
+
+
+def query_groups(suite: Suite) -> dict[str, dict[str, list[int]]]:
+    """Shapes breakdowns: name -> group -> query rows (by edit type; by the reference's objects)."""
+    out = {}
+    for name, labels in {"by_edit_R@1": [q.edit for q in suite.queries], **suite.facets}.items():
+        rows: dict[str, list[int]] = defaultdict(list)
+        for i, label in enumerate(labels):
+            rows[label].append(i)
+        out[name] = dict(sorted(rows.items()))
+    return out
+
+
+def oracle_result(ctx: Context, backbone: Backbone, suite: Suite, kind: str = "flat") -> tuple[MethodResult, Rankings]:
+    """Each query ranked by its target caption's text feature (the base CLIP's, as the `text`
+    method), on the same gallery with the reference removed: a ceiling, offered by no query."""
+    asked = replace(suite, queries=[replace(q, texts=[t]) for q, t in zip(suite.queries, suite.oracle_texts)],
+                    _where=None)
+    rankings = rank_split(ctx, backbone, load_method(ctx, "text", backbone), asked, kind)
+    metrics, groups = score_rankings(asked, rankings)
+    return MethodResult(ORACLE, metrics, groups), rankings
 
 
 def open_suite(ctx: Context, dataset: str, split: str) -> Suite:
@@ -253,9 +293,11 @@ def open_suite(ctx: Context, dataset: str, split: str) -> Suite:
 
 
 def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str],
-             runs: dict[str, str] | None = None, kind: str = "flat") -> tuple[Evaluation, WorstQueries | None]:
+             runs: dict[str, str] | None = None, kind: str = "flat",
+             oracle: bool = True) -> tuple[Evaluation, WorstQueries | None]:
     """Every method on one suite; `runs` pins a trained method's run; `kind`: the galleries'
-    index kind. Also returns the first method's per-query outcome, for the worst-queries page."""
+    index kind; `oracle`: add the target-caption ceiling where the suite has target captions
+    (shapes). Also returns the first method's per-query outcome, for the worst-queries page."""
     check_scorable(suite)  # type: ignore[arg-type]
     results, worst, index = [], None, []
     for name in methods:
@@ -267,8 +309,14 @@ def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str],
         if worst is None:
             worst = WorstQueries(name, [Scored(q.qid, q.reference, " / ".join(q.texts), rankings.top[i], set(q.targets))
                                         for i, q in enumerate(suite.queries)], suite)
+    ceiling = None
+    if oracle and suite.oracle_texts:
+        ceiling, rankings = oracle_result(ctx, backbone, suite, kind)
+        index += [k for k in rankings.index if k not in index]
     protocol = SHAPES_PROTOCOL if suite.name == "shapes" else PROTOCOLS[suite.name]
     prompt = PROMPTS["shapes" if suite.name == "shapes" else "benchmark"]
+    counts = {name: {g: len(rows) for g, rows in by.items()} for name, by in query_groups(suite).items()} \
+        if suite.name == "shapes" else {}
     return Evaluation(suite.name, suite.dataset_key, suite.split, protocol,
                       prompt, backbone.spec.label(), len(suite.queries), suite.excluded,
-                      sum(len(g) for g in suite.galleries.values()), index, results), worst
+                      sum(len(g) for g in suite.galleries.values()), index, results, ceiling, counts), worst
