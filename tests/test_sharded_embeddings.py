@@ -53,6 +53,11 @@ def test_index_from_clip_retrieval_parts(cli, cache, tmp_path):
     assert manifest["gallery_source"]["kind"] == "embeddings" and manifest["renormalised_rows"] == 0
     code, out, _ = cli("index", "--embeddings", tmp_path / "emb", *MODEL, "--json", "--cache-dir", cache)
     assert code == 0 and json.loads(out)["built"] is False
+    code, out, err = cli("index", "--embeddings", tmp_path / "emb", *MODEL, "--kind", "hnsw", "--json",
+                         "--cache-dir", cache)
+    assert code == 0, err
+    hnsw = json.loads(out)
+    assert hnsw["index"] != info["index"] and hnsw["kind"]["kind"] == "hnsw"
     # the index answers queries for the model it was made with
     img = tmp_path / "q.png"
     from PIL import Image

@@ -72,8 +72,8 @@ def test_two_processes_write_parts_and_the_same_index(gallery, single, tmp_path)
     assert [p.name for p in parts] == [f"img_emb_{i}.npy" for i in range(5)]
     assert [p.name for p in metas] == [f"metadata_{i}.parquet" for i in range(5)]
     arrays = [np.load(p) for p in parts]
-    assert all(a.dtype == np.float32 and a.shape == (8, 32) for a in arrays)  # the encoder's numbers
-    assert np.array_equal(np.concatenate(arrays).astype(np.float16), np.load(single / "features.npy"))
+    assert all(a.dtype == np.float16 and a.shape == (8, 32) for a in arrays)
+    assert np.array_equal(np.concatenate(arrays), np.load(single / "features.npy"))
     paths = [v for m in metas for v in pq.read_table(m).column("image_path").to_pylist()]
     assert paths == [str(gallery / i) for i in ids1]
     assert not any((tmp_path / "cache" / ".parts").iterdir())  # moved into the index, nothing left

@@ -86,7 +86,8 @@ def _build(ctx, gallery: str | None, embeddings: Path | None, model: str | None,
         from zscir_cli.pipeline.embeddings import index_from_embeddings
 
         backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
-        return index_from_embeddings(ctx, backbone, embeddings, force=force), backbone.spec.label(), {}
+        res = index_from_embeddings(ctx, backbone, embeddings, force=force, kind=kind, max_memory=max_memory)
+        return res, backbone.spec.label(), {}
     from zscir_cli.pipeline.datasets import resolve_gallery
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
@@ -97,7 +98,7 @@ def _build(ctx, gallery: str | None, embeddings: Path | None, model: str | None,
         images = resolve_gallery(ctx, gallery)
         backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained), dev)
         sharded = index_sharded(ctx, backbone, images, d, part_size=part_size, batch_size=batch_size,
-                                skip_bad=skip_bad, force=force)
+                                skip_bad=skip_bad, force=force, kind=kind, max_memory=max_memory)
         if sharded is None:
             return None
         return sharded.index, backbone.spec.label(), {"parts": sharded.parts, "parts_reused": sharded.reused,

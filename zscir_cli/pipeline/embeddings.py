@@ -1,11 +1,10 @@
 """Image embeddings in clip-retrieval's layout, and indexes built from them.
 
-    FOLDER/img_emb/img_emb_{i}.npy          (rows, D) L2-normalised, one row per image
+    FOLDER/img_emb/img_emb_{i}.npy          (rows, D) float16, L2-normalised, one row per image
     FOLDER/metadata/metadata_{i}.parquet    the same rows: image_path (and id, when zscir wrote it)
 
-clip-retrieval writes float16; zscir writes float32, the numbers the encoder gave, so an index
-built from its parts equals the one a single process builds (rounding to fp16 first would swap
-near ties in the ranking). Readers take either.
+fp16 is what clip-retrieval writes and what every zscir index ranks (features.npy), so an index
+built from parts equals the one a single process builds. float32 parts are read too.
 
 `i` is zero-padded to the digits of the part count, as clip-retrieval pads it, so the order of
 the file names is the order of the parts for autofaiss and embedding-reader too. A sharded
@@ -29,10 +28,11 @@ import numpy as np
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import files_digest
 from zscir_cli.index import search
+from zscir_cli.index.ann import FLAT, IndexSpec
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.galleries import INDEX, index_config
-from zscir_cli.pipeline.indexing import IndexResult
+from zscir_cli.pipeline.indexing import IndexResult, index_spec
 
 IMG_DIR, META_DIR = "img_emb", "metadata"
 ID_COLUMNS = ("id", "image_path", "url", "key", "__key__")  # the first one present names the rows
@@ -193,9 +193,10 @@ def embeddings_identity(folder: Path, parts: list[Part]) -> dict[str, Any]:
     return {"kind": "embeddings", "root": str(root), "parts": len(parts), "digest": files_digest(names, files)}
 
 
-def index_from_embeddings(ctx: Context, backbone: Backbone, folder: str | Path, *, force: bool = False) -> IndexResult:
-    """An index of the parts in `folder` (clip-retrieval's layout), made with `backbone`'s model:
-    their dimension must be the model's, since queries are encoded with it."""
+def index_from_embeddings(ctx: Context, backbone: Backbone, folder: str | Path, *, force: bool = False,
+                          kind: str | IndexSpec = "flat", max_memory: str | int | None = None) -> IndexResult:
+    """An index of `kind` over the parts in `folder` (clip-retrieval's layout), made with
+    `backbone`'s model: their dimension must be the model's, since queries are encoded with it."""
     parts = scan_parts(Path(folder))
     want = backbone.embed_dim
     if parts[0].dim != want:
@@ -203,7 +204,9 @@ def index_from_embeddings(ctx: Context, backbone: Backbone, folder: str | Path, 
                         f"{backbone.spec.label()} makes {want}-dimensional ones.",
                         "Pass the --model and --pretrained the embeddings were made with.")
     ident = embeddings_identity(Path(folder), parts)
-    icfg = index_config(backbone, ident, False)
+    total = sum(p.rows for p in parts)
+    spec = index_spec(kind, total, want, max_memory)
+    icfg = index_config(backbone, ident, False, spec)
     key = ctx.store.key_for(INDEX, icfg)
     found = ctx.store.get(INDEX, key)
     if found is not None and not force:
@@ -216,13 +219,13 @@ def index_from_embeddings(ctx: Context, backbone: Backbone, folder: str | Path, 
         elif found is not None:
             return IndexResult(found, False, 0, dict(found.manifest.get("timings_s", {})))
         t = time.perf_counter()
-        total = sum(p.rows for p in parts)
         ids = [i for p in parts for i in read_ids(p)]  # every part's ids before any writing
         with ctx.store.create(INDEX, key, config=icfg, model=icfg["model"],
-                              description=f"{total} embeddings from {ident['root']} with {backbone.spec.label()}") as out:
-            renormalised = build_index(out.path, parts, ids, total, ctx)
+                              description=f"{total} embeddings from {ident['root']} with {backbone.spec.label()}, "
+                                          f"{spec.kind} index ({spec.factory})") as out:
+            renormalised = build_index(out.path, parts, ids, total, ctx, spec)
             out.manifest.update({"count": total, "dim": want, "gallery_source": ident, "skipped": [],
-                                 "renormalised_rows": renormalised,
+                                 "renormalised_rows": renormalised, "index": spec.to_json(),
                                  "timings_s": {"read_decode": 0.0, "encode": 0.0,
                                                "write": round(time.perf_counter() - t, 3)}})
     art = ctx.store.get(INDEX, key)
@@ -231,10 +234,10 @@ def index_from_embeddings(ctx: Context, backbone: Backbone, folder: str | Path, 
 
 
 def build_index(path: Path, parts: list[Part], ids: list[str], total: int, ctx: Context,
-                normalise: bool = True) -> int:
-    """Stream the parts into the index format at `path`; rows whose norm is off 1 by more than fp16
-    rounding are L2-normalised (the index ranks by inner product). Returns how many were."""
-    writer = search.IndexWriter(path, total)
+                spec: IndexSpec = FLAT, normalise: bool = True) -> int:
+    """Stream the parts into an index of `spec` at `path`; rows whose norm is off 1 by more than
+    fp16 rounding are L2-normalised (the index ranks by inner product). Returns how many were."""
+    writer = search.IndexWriter(path, total, spec, ctx.reporter.info)
     fixed = 0
     with ctx.reporter.task(f"indexing {total} embeddings from {len(parts)} part(s)", total=total) as task:
         for x in iter_rows(parts):

@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from zscir_cli.core import faults
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import Gallery
 from zscir_cli.index import search
+from zscir_cli.index.ann import IndexSpec
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.pipeline import embeddings as emb
 from zscir_cli.pipeline.context import Context
@@ -39,9 +40,12 @@ from zscir_cli.pipeline.galleries import (
     encode_once,
     features_of,
     index_config,
+    index_description,
 )
-from zscir_cli.pipeline.indexing import IndexResult
-from zscir_cli.pipeline.training import Dist
+from zscir_cli.pipeline.indexing import IndexResult, index_spec
+
+if TYPE_CHECKING:
+    from zscir_cli.pipeline.training import Dist
 
 PARTS = ".parts"
 LAYOUT = "layout.json"
@@ -72,10 +76,11 @@ class ShardedResult:
 
 
 class _PartWriter:
-    """One part's features, float32, into a memory-mapped .npy under a temporary name."""
+    """One part's features, fp16 (as the index stores them), into a memory-mapped .npy under a
+    temporary name."""
 
     def __init__(self, path: Path, capacity: int, dim: int):
-        self.npy, self.path, self.dim = search.NpyAppender(path, capacity, np.float32), path, dim
+        self.npy, self.path, self.dim = search.NpyAppender(path, capacity, np.float16), path, dim
 
     def write(self, rows: list[int], v: np.ndarray, tokens: np.ndarray | None) -> None:
         self.npy.append(v)
@@ -83,18 +88,20 @@ class _PartWriter:
     def close(self) -> None:
         self.npy.close()
         if self.npy.count == 0:  # no readable image in the part: an empty part keeps the numbering
-            np.save(self.path, np.zeros((0, self.dim), np.float32))
+            np.save(self.path, np.zeros((0, self.dim), np.float16))
 
 
 def index_sharded(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist, *, part_size: int = 100_000,
-                  batch_size: int = 64, skip_bad: bool = False, force: bool = False) -> ShardedResult | None:
-    """The gallery's index, its parts embedded by every process of the group; the result on rank 0
-    (None on the others, which return once their parts are written)."""
+                  batch_size: int = 64, skip_bad: bool = False, force: bool = False, kind: str | IndexSpec = "flat",
+                  max_memory: str | int | None = None) -> ShardedResult | None:
+    """The gallery's index of `kind`, its parts embedded by every process of the group; the result
+    on rank 0 (None on the others, which return once their parts are written)."""
     n = len(gallery)
     if n == 0:
         raise UserError("The gallery has no images.", "Give a folder or data set that holds images.")
+    spec = index_spec(kind, n, backbone.embed_dim, max_memory)
     ident = gallery.identity()  # stats every file once
-    icfg = index_config(backbone, ident, skip_bad)
+    icfg = index_config(backbone, ident, skip_bad, spec)
     key = ctx.store.key_for(INDEX, icfg)
     folder = parts_folder(ctx.store.root, key)
     part_rows = math.ceil(part_size / batch_size) * batch_size
@@ -104,7 +111,7 @@ def index_sharded(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist, *
     if plan.action != "encode":
         if not d.main:
             return None
-        res = _reuse(ctx, backbone, gallery, key, plan.action, batch_size)
+        res = _reuse(ctx, backbone, gallery, key, plan.action, batch_size, spec)
         return ShardedResult(res, 0, 0, d.world)
     mine = plan.pending[d.rank::d.world]
     for k in mine:
@@ -115,7 +122,7 @@ def index_sharded(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist, *
     _wait_for_parts(ctx, folder, plan)
     stats = _collect_logs(folder, plan)
     check_failures(gallery, stats, strict=not skip_bad, index=True)
-    art = _assemble(ctx, gallery, folder, key, icfg, plan, stats, backbone.spec.label(), d.world)
+    art = _assemble(ctx, gallery, folder, key, icfg, plan, stats, backbone.spec.label(), d.world, spec)
     return ShardedResult(IndexResult(art, True, len(stats.failures), dict(art.manifest.get("timings_s", {}))),
                          plan.count, plan.count - len(plan.pending), d.world)
 
@@ -154,12 +161,13 @@ def _done(folder: Path, k: int, count: int) -> bool:
     return (folder / LOG_DIR / f"part_{name}.json").is_file() and emb.part_done(folder, name)
 
 
-def _reuse(ctx: Context, backbone: Backbone, gallery: Gallery, key: str, action: str, batch_size: int) -> IndexResult:
+def _reuse(ctx: Context, backbone: Backbone, gallery: Gallery, key: str, action: str, batch_size: int,
+           spec: IndexSpec) -> IndexResult:
     if action == "found":
         art = ctx.store.get(INDEX, key)
         assert art is not None
         return IndexResult(art, False, len(art.manifest.get("skipped", [])), dict(art.manifest.get("timings_s", {})))
-    enc = encode_once(ctx, backbone, gallery, index=True, batch_size=batch_size)
+    enc = encode_once(ctx, backbone, gallery, index=True, batch_size=batch_size, kind=spec)
     assert enc.index is not None
     return IndexResult(enc.index, enc.index.ref in enc.built, enc.skipped, dict(enc.index.manifest.get("timings_s", {})))
 
@@ -226,7 +234,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _assemble(ctx: Context, gallery: Gallery, folder: Path, key: str, icfg: dict[str, Any], plan: Plan,
-              stats: RunStats, label: str, world: int):
+              stats: RunStats, label: str, world: int, spec: IndexSpec):
     """Rank 0: the index from the parts, with the parts moved into it."""
     with ctx.store.lock(INDEX, key, on_wait=ctx.reporter.info):
         found = ctx.store.get(INDEX, key)
@@ -236,8 +244,9 @@ def _assemble(ctx: Context, gallery: Gallery, folder: Path, key: str, icfg: dict
         ids = [i for p in parts for i in emb.read_ids(p)]
         t = time.perf_counter()
         with ctx.store.create(INDEX, key, config=icfg, model=icfg["model"],
-                              description=f"{len(ids)} images of {describe_source(gallery.source)} with {label}") as out:
-            emb.build_index(out.path, parts, ids, len(ids), ctx, normalise=False)
+                              description=index_description(len(ids), describe_source(gallery.source), label,
+                                                            spec)) as out:
+            emb.build_index(out.path, parts, ids, len(ids), ctx, spec, normalise=False)
             (out.path / EMBEDDINGS).mkdir()
             for sub in (emb.IMG_DIR, emb.META_DIR):
                 shutil.copytree(folder / sub, out.path / EMBEDDINGS / sub, copy_function=_link_or_copy)
@@ -245,6 +254,7 @@ def _assemble(ctx: Context, gallery: Gallery, folder: Path, key: str, icfg: dict
             out.manifest.update({"count": len(ids), "dim": parts[0].dim, "gallery_source": gallery.source,
                                  "skipped": [{"id": gallery.ids[i], "error": e} for i, e in stats.failures],
                                  "parts": plan.count, "processes": world, "embeddings": EMBEDDINGS,
+                                 "index": spec.to_json(),
                                  "timings_s": timings})
     shutil.rmtree(folder, ignore_errors=True)
     art = ctx.store.get(INDEX, key)
