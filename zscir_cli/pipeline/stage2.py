@@ -32,7 +32,7 @@ from zscir_cli.pipeline.datasets import load_split
 from zscir_cli.pipeline.distributed import Dist, gather, world_size
 from zscir_cli.pipeline.features import FeatureSet
 from zscir_cli.pipeline.stage1 import find_stage1
-from zscir_cli.pipeline.stage2_data import HardNegativeMiner, TripletData
+from zscir_cli.pipeline.stage2_data import HardNegativeMiner, ShapesValidation, TripletData
 from zscir_cli.pipeline.stage_shared import (
     load_adapters,
     load_mapper,
@@ -67,6 +67,9 @@ class Stage2Config:
     stage1: str | None = None  # Stage I run key; None = the newest stage1 run of the backbone
     skip_bad: bool = False  # leave out triplets whose image files are missing
     allow_outside_paths: bool = False  # accept image paths that leave the triplet file's folder
+    # after every epoch, R@1 and mAP@10 on the CIR val split when the triplets come from a shapes
+    # world (metrics.jsonl); it changes no weight, so it is not part of the run's key
+    validate: bool = True
 
 
 class Stage2Net(nn.Module):
@@ -169,7 +172,7 @@ def build_adapters(encoder: TextEncoder, cfg: Stage2Config) -> ComposingAdapters
 def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifact, data: TripletData,
                 adapters: ComposingAdapters, inputs: list[dict], skipped: int) -> TrainSpec:
     config = {k: v for k, v in asdict(cfg).items()
-              if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths")}
+              if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths", "validate")}
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
                    "triplets_sha256": file_sha256(Path(cfg.triplets)), "triplets": len(data),
                    "adapter_layers": adapters.cfg.layers, "world_size": world_size()})
@@ -223,9 +226,12 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
     use_visual = bool(mapper.cfg.vsi_layers)
     miner = HardNegativeMiner(data, cfg.hard_negatives, cfg.false_negative_similarity, use_visual, device)
     plain = backbone.tokenizer([PROMPT.replace("$", mapper.cfg.placeholder)]).to(device)
+    validation = ShapesValidation.open(ctx, backbone, ctx.store.get("dataset", trip.dataset_key),
+                                       mapper.cfg.grid if use_visual else None) \
+        if cfg.validate and d.main and trip.dataset_key is not None else None
     return train(ctx, tspec, net, device=device, d=d,
                  step_fn=ComposeLoss(data, miner, cfg, plain, use_visual, device, d),
-                 on_epoch_start=lambda model, _epoch: miner.mine(model),
+                 on_epoch_start=lambda model, _epoch: miner.mine(model), evaluate=validation,
                  finalize=partial(_save_run, adapters, mapper if cfg.tune_stage1 else None),
                  resume=resume, stop_after_epoch=stop_after_epoch)
 
