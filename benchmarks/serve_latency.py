@@ -1,0 +1,228 @@
+"""`zscir serve` latency against the same queries through `run_query` in-process (the floor).
+
+On the shapes lab (by default the quick demo's world and trained `tscir`, built in a temporary
+cache; `--model ViT-B-32 --pretrained none` indexes the same world's test gallery with a bigger
+random model and queries it with `sum`):
+
+- 100 sequential POST /api/query over one keep-alive loopback connection with an id reference,
+  and 100 with an uploaded image, against the same queries through `run_query` in this process
+  (the upload's floor decodes the same bytes): p50/p95 and the ratio of the p50s (target <= 1.2);
+- 8 concurrent clients, bounded in count and time: requests/s and failed requests (target 0);
+- the server's resident memory after warm-up and at the end (target: flat).
+
+    python benchmarks/serve_latency.py [--model ViT-B-32 --pretrained none] [--requests 100]
+
+Loopback (127.0.0.1) only. The last line: `serve p50 S ms, in-process p50 P ms, ratio R,
+8 clients Q req/s, errors E`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+def build_world(cache: Path, model: str | None, pretrained: str | None) -> tuple[str, str, list[tuple[str, str]]]:
+    """(index key, method, [(reference id, modification)]) on the shapes lab."""
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.pipeline.context import Context
+    from zscir_cli.pipeline.datasets import load_split, prepare_shapes, resolve_gallery
+    from zscir_cli.pipeline.demo import DemoConfig, run_demo
+
+    ctx = Context(store=ArtifactStore(cache), workers=0)
+    cfg = DemoConfig.quick()
+    if model is None:
+        res = run_demo(ctx, cfg)
+        key, method = res.index_key, "tscir"
+        data, _ = prepare_shapes(ctx, cfg.world)
+    else:
+        from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+        from zscir_cli.pipeline.indexing import index_gallery
+
+        data, _ = prepare_shapes(ctx, cfg.world)
+        backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
+        key = index_gallery(ctx, backbone, resolve_gallery(ctx, f"{data.key}:test")).artifact.key
+        method = "sum"
+    queries = [(r["reference_id"], r["modification"]) for r in load_split(data, "cir", "test")]
+    return key, method, queries
+
+
+def multipart(fields: dict[str, str], image: bytes | None) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    if image is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="ref.png"\r\n'
+                     "Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def query(self, fields: dict[str, str], image: bytes | None = None) -> tuple[int, dict, float]:
+        body, ctype = multipart(fields, image)
+        start = time.perf_counter()
+        self.conn.request("POST", "/api/query", body=body, headers={"Content-Type": ctype})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        return resp.status, json.loads(data), time.perf_counter() - start
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024
+
+
+def start_server(cache: Path, key: str, log: Path) -> tuple[subprocess.Popen, int]:
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "zscir_cli", "serve", "--index", key, "--port", "0",
+                                 "--host", "127.0.0.1", "--cache-dir", str(cache), "--device", "cpu"],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    end = time.time() + 300
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"zscir serve exited: {log.read_text()}")
+        found = re.search(r"serving http://127\.0\.0\.1:(\d+)/", log.read_text())
+        if found:
+            return proc, int(found.group(1))
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("zscir serve did not start in 300 s")
+
+
+class InProcess:
+    """The floor: `run_query` in this process on the service's own loaded objects."""
+
+    def __init__(self, cache: Path, key: str, method: str):
+        from zscir_cli.core.cache import ArtifactStore
+        from zscir_cli.pipeline.context import Context
+        from zscir_cli.pipeline.service import load_service
+
+        self.svc = load_service(Context(store=ArtifactStore(cache), workers=0, device="cpu"), [key])
+        self.method, self.loaded = self.svc.methods[method], self.svc.indexes[key]
+
+    def query(self, ref: str, text: str, image: bytes | None) -> float:
+        from zscir_cli.data.images import load_rgb
+        from zscir_cli.pipeline.query import run_query
+
+        start = time.perf_counter()
+        img = load_rgb(image) if image is not None else None  # the service decodes the upload too
+        run_query(self.svc.ctx, self.method, self.loaded.artifact, "ref.png" if image is not None else ref, text,
+                  k=10, reference_image=img, loaded=self.loaded, reference_bytes=image)
+        return time.perf_counter() - start
+
+
+def concurrent(port: int, method: str, work: list, clients: int, per_client: int, seconds: float):
+    ok, errors, lock = [0], [0], threading.Lock()
+    stop = time.time() + seconds
+
+    def run(c: int) -> None:
+        client = Client(port)
+        for i in range(per_client):
+            if time.time() > stop:
+                break
+            ref, text, image = work[(c * per_client + i) % len(work)]
+            fields = {"text": text, "method": method, "k": "10", **({} if image else {"reference": ref})}
+            try:
+                status, _, _ = client.query(fields, image)
+                good = status == 200
+            except (OSError, http.client.HTTPException, ValueError):
+                good, client = False, Client(port)
+            with lock:
+                ok[0] += good
+                errors[0] += not good
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok[0] / (time.perf_counter() - start), errors[0], ok[0]
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000, q))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="index the lab with this model instead of the quick demo's")
+    ap.add_argument("--pretrained", default="none")
+    ap.add_argument("--requests", type=int, default=100, help="sequential requests of each kind")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--per-client", type=int, default=25, help="requests per concurrent client")
+    ap.add_argument("--seconds", type=float, default=120, help="time bound of the concurrent run")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        key, method, queries = build_world(cache, args.model, args.pretrained)
+        from zscir_cli.core.cache import ArtifactStore
+        from zscir_cli.pipeline.context import Context
+        from zscir_cli.pipeline.query import load_index
+
+        gallery = load_index(Context(store=ArtifactStore(cache)), ArtifactStore(cache).resolve(f"index/{key}")).gallery
+        pngs = {}
+        for ref, _ in queries:
+            if ref not in pngs:  # the reference's image as a client would upload it
+                buf = io.BytesIO()
+                gallery.image(gallery.ids.index(ref)).save(buf, format="PNG")
+                pngs[ref] = buf.getvalue()
+        by_id = [(queries[i % len(queries)][0], queries[i % len(queries)][1], None) for i in range(args.requests)]
+        by_upload = [(r, t, pngs[r]) for r, t, _ in by_id]
+
+        proc, port = start_server(cache, key, Path(tmp) / "serve.log")
+        try:
+            client, local = Client(port), InProcess(cache, key, method)
+            for ref, text, image in (by_id[:5] + by_upload[:5]):  # warm-up
+                fields = {"text": text, "method": method, "k": "10", **({} if image else {"reference": ref})}
+                assert client.query(fields, image)[0] == 200
+                local.query(ref, text, image)
+            rss_start = rss_mb(proc.pid)
+            serve: dict[str, list[float]] = {"id": [], "upload": []}
+            floor: dict[str, list[float]] = {"id": [], "upload": []}
+            for name, work in (("id", by_id), ("upload", by_upload)):
+                for ref, text, image in work:  # interleaved, so load from elsewhere hits both alike
+                    fields = {"text": text, "method": method, "k": "10", **({} if image else {"reference": ref})}
+                    status, body, seconds = client.query(fields, image)
+                    assert status == 200, body
+                    serve[name].append(seconds)
+                    floor[name].append(local.query(ref, text, image))
+            rps, errors, done = concurrent(port, method, by_id + by_upload, args.clients, args.per_client, args.seconds)
+            rss_end = rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    print(f"model {args.model or 'zscir-shapes-rn (quick demo)'}, method {method}, index {key}, "
+          f"{args.requests} sequential requests of each kind, k=10")
+    for name in ("id", "upload"):
+        s, p = serve[name], floor[name]
+        print(f"{name:>6}: serve p50 {pct(s, 50):.1f} ms p95 {pct(s, 95):.1f} ms | in-process p50 "
+              f"{pct(p, 50):.1f} ms p95 {pct(p, 95):.1f} ms | ratio {pct(s, 50) / pct(p, 50):.2f}")
+    print(f"{args.clients} clients: {done} requests ok, {errors} failed, {rps:.1f} req/s")
+    print(f"server RSS: {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB at the end ({rss_end - rss_start:+.0f} MB)")
+    s_all, p_all = serve["id"] + serve["upload"], floor["id"] + floor["upload"]
+    print(f"serve p50 {pct(s_all, 50):.1f} ms, in-process p50 {pct(p_all, 50):.1f} ms, "
+          f"ratio {pct(s_all, 50) / pct(p_all, 50):.2f}, {args.clients} clients {rps:.1f} req/s, errors {errors}")
+
+
+if __name__ == "__main__":
+    main()
