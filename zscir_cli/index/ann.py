@@ -134,7 +134,9 @@ def ivf_spec(n: int, d: int, max_memory: int, reason: str = "") -> IndexSpec:
                              f"{_human(max_memory)}; raise --max-memory.")
         codes = f"PQ{fits[0]}"
     train = min(n, max(IVF_TRAIN_PER_LIST * nlist, PQ_TRAIN_MIN if codes.startswith("PQ") else 0))
-    return IndexSpec("ivf", f"IVF{nlist},{codes}", {"nlist": nlist, "nprobe": ivf_probes(nlist),
+    # "np": no polysemous training (minutes of annealing for codes the re-rank re-scores anyway)
+    factory = f"IVF{nlist},{codes}" + ("np" if codes.startswith("PQ") else "")
+    return IndexSpec("ivf", factory, {"nlist": nlist, "nprobe": ivf_probes(nlist),
                                                      "codes": codes, "train_rows": train}, reason)
 
 
