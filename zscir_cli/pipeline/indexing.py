@@ -18,11 +18,16 @@ from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.images import Gallery
 from zscir_cli.index import ann, search
-from zscir_cli.index.ann import FLAT, IndexSpec
+from zscir_cli.index.ann import IndexSpec
 from zscir_cli.model.backbone import Backbone, ModelSpec
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.galleries import INDEX as KIND
-from zscir_cli.pipeline.galleries import describe_source, encode_once, index_config, index_description
+from zscir_cli.pipeline.galleries import (
+    describe_source,
+    encode_once,
+    index_config,
+    index_description,
+)
 
 __all__ = ["KIND", "IndexResult", "describe_source", "find_index", "gallery_identity", "index_gallery", "index_spec"]
 
