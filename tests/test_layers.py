@@ -54,3 +54,18 @@ def test_model_layer_loads_neither_typer_nor_rich():
 def test_cli_app_starts_without_torch():  # so that --help answers at once
     mods = _modules_after("import zscir_cli.cli.app")
     assert not {"torch", "open_clip", "faiss", "datasets"} & mods
+
+
+def test_functions_and_modules_stay_small():
+    """A reader can hold a function in their head: at most 80 lines a function, 400 a module."""
+    too_long = []
+    for path in PKG.rglob("*.py"):
+        source = path.read_text()
+        if len(source.splitlines()) > 400:
+            too_long.append(f"{path.relative_to(PKG)}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    too_long.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name}: {length} lines")
+    assert not too_long, too_long
