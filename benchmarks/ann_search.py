@@ -51,7 +51,10 @@ def _mixture(d: int, n: int, seed: int = 0):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    noise = lambda k, scale: scale * rng.standard_normal((k, d), dtype=np.float32) / np.sqrt(d)  # noqa: E731
+
+    def noise(k: int, scale: float):
+        return scale * rng.standard_normal((k, d), dtype=np.float32) / np.sqrt(d)
+
     top = _unit(rng.standard_normal((64, d), dtype=np.float32))
     n_mid, n_leaf = max(4, n // 1000), max(16, n // 10)
     mid = _unit(top[rng.integers(0, 64, n_mid)] + noise(n_mid, 1.2))
@@ -77,8 +80,8 @@ def generate(work: Path, n: int, d: int, n_q: int) -> None:
     centres, spread, weights = _mixture(d, n)
     with open(work / "gallery.npy", "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (n, d)})
-        for i, start in enumerate(range(0, n, CHUNK)):
-            f.write(_draw(centres, spread, weights, min(CHUNK, n - start), seed=1000 + i).astype(np.float16).tobytes())
+        f.writelines(_draw(centres, spread, weights, min(CHUNK, n - start), seed=1000 + i).astype(np.float16).tobytes()
+                     for i, start in enumerate(range(0, n, CHUNK)))
     np.save(work / "queries.npy", _draw(centres, spread, weights, n_q, seed=1, widen=1.5))
 
 

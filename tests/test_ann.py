@@ -24,9 +24,10 @@ def test_auto_picks_flat_then_hnsw_then_ivf_and_compressed_codes_under_little_me
     gb = 2 ** 30
     small = ann.choose("auto", 2_000, 768, 4 * gb)
     assert small.kind == "flat" and small.identity() == ann.FLAT.identity() and "exact scan" in small.reason
-    mid = ann.choose("auto", 100_000, 768, 4 * gb)
+    mid = ann.choose("auto", 40_000, 768, 4 * gb)
     assert (mid.kind, mid.factory, mid.params["efSearch"]) == ("hnsw", "HNSW32", ann.HNSW_EF_SEARCH)
-    assert ann.choose("auto", 100_000, 768, 100 * 2 ** 20).kind == "ivf"  # the graph does not fit
+    assert ann.choose("auto", 40_000, 768, 100 * 2 ** 20).kind == "ivf"  # the graph does not fit
+    assert ann.choose("auto", 100_000, 768, 4 * gb).kind == "ivf"  # past HNSW_MAX_ROWS
     big = ann.choose("auto", 1_000_000, 768, 4 * gb)
     assert (big.kind, big.factory) == ("ivf", "IVF1024,SQ8")
     assert big.params["nprobe"] == 16 and big.params["train_rows"] == 50 * 1024

@@ -13,7 +13,9 @@ Index folder: `features.npy` (fp16, L2-normalised), `ids.json`, `index.faiss`, a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -87,13 +89,41 @@ def candidates(k: int) -> int:
     return max(CANDIDATES_PER_K * k, CANDIDATES_MIN)
 
 
-class OpenIndex:
-    """An index folder opened for search: the faiss index, the fp16 vectors (memory-mapped, read
-    only where the re-rank needs them), the ids and what the index is."""
+class RowReader:
+    """Rows of a 2-D `.npy` read by position (`os.pread`), as float32. The re-rank reads its
+    candidates this way rather than through a memory map: a map counts every page the kernel
+    maps around a fault as the process's own, and random rows soon map the whole file."""
 
-    def __init__(self, index: faiss.Index, features: np.ndarray, ids: list[str], spec: IndexSpec):
+    def __init__(self, path: Path):
+        (self.n, self.d), self.dtype, self.offset = npy_shape(path)
+        self.row_bytes = self.d * np.dtype(self.dtype).itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), d) float32 for sorted, distinct rows; runs of neighbours in one read each."""
+        out = bytearray(len(rows) * self.row_bytes)
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # where a run of consecutive rows begins
+        for a, b in zip(starts, [*starts[1:], len(rows)]):
+            data = os.pread(self.fd, (b - a) * self.row_bytes, self.offset + int(rows[a]) * self.row_bytes)
+            out[a * self.row_bytes:a * self.row_bytes + len(data)] = data
+        return np.frombuffer(out, dtype=self.dtype).reshape(len(rows), self.d).astype(np.float32)
+
+    def __del__(self):
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.fd)
+
+
+class OpenIndex:
+    """An index folder opened for search: the faiss index, the fp16 vectors (memory-mapped, for
+    the few rows a caller looks up), the ids and what the index is; `vectors`, the `.npy` the
+    re-rank reads its candidates from (by default the memory map's file)."""
+
+    def __init__(self, index: faiss.Index, features: np.ndarray, ids: list[str], spec: IndexSpec,
+                 vectors: Path | None = None):
         self.index, self.features, self.ids, self.spec = index, features, ids, spec
         set_search_params(index, spec)
+        source = vectors if vectors is not None else getattr(features, "filename", None)
+        self.reader = RowReader(Path(source)) if source is not None and not spec.exact else None
 
     @property
     def ntotal(self) -> int:
@@ -113,7 +143,7 @@ class OpenIndex:
         fetch = min(candidates(k) + extra, self.ntotal)
         if "efSearch" in self.spec.params:  # a graph search returns at most efSearch results
             faiss.ParameterSpace().set_index_parameter(self.index, "efSearch",
-                                                       max(int(self.spec.params["efSearch"]), fetch))
+                                                       max(int(self.spec.params["efSearch"]), 2 * fetch))
         for start in range(0, n_q, batch_size):
             _, cand = self.index.search(queries[start:start + batch_size], fetch)
             for row in range(cand.shape[0]):
@@ -121,7 +151,9 @@ class OpenIndex:
                 rows = np.unique(cand[row][cand[row] >= 0])  # sorted: the memory map is read in order
                 if extra and len(exclude[q]):  # type: ignore[index]
                     rows = rows[~np.isin(rows, np.asarray(exclude[q], dtype=np.int64))]  # type: ignore[index]
-                scores = np.asarray(self.features[rows], dtype=np.float32) @ queries[q]
+                vecs = self.reader.take(rows) if self.reader is not None else \
+                    np.asarray(self.features[rows], dtype=np.float32)
+                scores = vecs @ queries[q]
                 best = np.argsort(-scores, kind="stable")[:k]
                 out_i[q, :len(best)] = rows[best]
                 out_s[q, :len(best)] = scores[best]
