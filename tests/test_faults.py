@@ -1,10 +1,8 @@
 """Fault injection on `zscir index`: SIGKILL at every step of an artifact's write, then rerun;
 two identical commands at once; pruning the cache during a build.
 
-A killed build runs in a forked copy of this process (the libraries are loaded once, so a run
-costs about a second instead of a fresh interpreter's start), killed with SIGKILL by a named
-point (`core.faults`), by a counter on the encoder's progress, or by a timer. The concurrency
-test runs two real `python -m zscir_cli` processes.
+Each build runs as a real `python -m zscir_cli` process, killed with SIGKILL by a named point
+(`core.faults`: the cache's write steps, the encoder's batches) or by a timer.
 """
 
 from __future__ import annotations
@@ -28,18 +26,6 @@ NAMED_POINTS = ["cache:before-manifest", "cache:before-rename", "cache:after-ren
 KILL_BATCH = 3  # of the 5 batches of 2 images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _loaded() -> None:
-    """What `zscir index` imports, loaded before the forks so that each child starts at once."""
-    import faiss  # noqa: F401
-    import open_clip  # noqa: F401
-
-    import zscir_cli.cli.app
-    import zscir_cli.pipeline.backbones
-    import zscir_cli.pipeline.datasets
-    import zscir_cli.pipeline.indexing  # noqa: F401
-
-
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory) -> Path:
     from zscir_cli.data import shapes
@@ -53,77 +39,39 @@ def gallery(tmp_path_factory) -> Path:
 
 
 class Child:
-    """`zscir ARGS` in a forked copy of this process; stdout and stderr go to files."""
+    """`python -m zscir_cli ARGS` in a process of its own; stdout and stderr go to files.
+
+    A fresh interpreter, not a fork of this one: a fork of a process whose thread pools (torch,
+    faiss, Arrow) are running can deadlock in the child on a lock another thread held."""
 
     def __init__(self, args: list[str], logs: Path, env: dict[str, str] | None = None,
                  kill_at_batch: int | None = None):
         self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        if kill_at_batch is not None:  # the encoder's kill point, after that many batches are written
+            env["ZSCIR_KILL_AT"] = f"encode:batch@{kill_at_batch}"
         self.started = time.monotonic()
-        self.pid = os.fork()
-        if self.pid == 0:  # pragma: no cover - the child never returns
-            code = 3
-            try:
-                code = _child(args, self.out, self.err, env or {}, kill_at_batch)
-            except BaseException:  # noqa: BLE001 - the child reports any failure, then exits
-                import traceback
-
-                with open(self.err, "a") as f:
-                    traceback.print_exc(file=f)
-            finally:
-                os._exit(code)
+        with open(self.out, "w") as fo, open(self.err, "w") as fe:
+            self.proc = subprocess.Popen([sys.executable, "-m", "zscir_cli", *map(str, args)], stdout=fo,
+                                         stderr=fe, stdin=subprocess.DEVNULL, env=env)
+        self.pid = self.proc.pid
 
     def wait(self, timeout: float = 180.0) -> int:
         """The exit code, or -N for a process killed by signal N."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.seconds = time.monotonic() - self.started
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.02)
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-        raise AssertionError(f"zscir did not finish in {timeout} s: {self.err.read_text()}")
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"zscir did not finish in {timeout} s: {self.err.read_text()}") from None
+        self.seconds = time.monotonic() - self.started
+        return code
+
+    def finished(self) -> bool:
+        return self.proc.poll() is not None
 
     def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-
-
-def _child(args, out: Path, err: Path, env: dict[str, str], kill_at_batch: int | None) -> int:
-    import torch
-
-    torch.set_num_threads(1)  # a forked process must not reuse the parent's thread pool
-    os.environ.update(env)
-    fo, fe = open(out, "w"), open(err, "w")  # noqa: SIM115 - closed by os._exit
-    os.dup2(fo.fileno(), 1)
-    os.dup2(fe.fileno(), 2)
-    sys.stdout, sys.stderr = fo, fe
-    if kill_at_batch is not None:  # count the encoder's progress steps, one per batch
-        from zscir_cli.cli import console
-
-        seen = []
-        make_task = console.RichReporter.task
-
-        def counted_task(self, description, total=None):
-            task = make_task(self, description, total)
-            advance = task.advance
-
-            def counting(n=1, **fields):
-                advance(n, **fields)
-                seen.append(n)
-                if len(seen) == kill_at_batch:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-            task.advance = counting
-            return task
-
-        console.RichReporter.task = counted_task
-    from zscir_cli.cli.app import run
-
-    code = run([str(a) for a in args])
-    fo.flush()
-    fe.flush()
-    return code
+        self.proc.kill()
 
 
 def index_files(folder: Path) -> dict[str, bytes]:
@@ -158,7 +106,7 @@ def _kill_by_timer(child: Child, cache: Path, when, seconds: float) -> None:
     if isinstance(when, str):
         deadline = time.monotonic() + 120
         while not any((cache / TMP_DIR).glob("index-*/*")) and time.monotonic() < deadline:
-            if os.waitpid(child.pid, os.WNOHANG)[0]:
+            if child.finished():
                 raise AssertionError("the build finished before it could be killed")
             time.sleep(0.001)
         time.sleep(float(when))

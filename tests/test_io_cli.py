@@ -143,6 +143,8 @@ def test_os_errors_exit_2_naming_the_path(tmp_path, cli):
 
     caps.write_text("".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n"
                             for i, c in enumerate(CAPTIONS)))
+    for i in range(len(CAPTIONS)):  # the images exist: the failure must be the output's
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
     out_dir = tmp_path / "out [dir]"
     out_dir.mkdir()
     (out_dir / "keep").write_text("x")  # a non-empty folder where the triplet file should go
@@ -201,7 +203,7 @@ def test_prepare_waits_for_a_build_in_another_process(tmp_path):
     root = folder.resolve()
     files = sorted(root.glob("*.png"))
     config = {"name": "imgs", "kind": "imagefolder", "source": gallery_identity(FolderGallery(root, files)),
-              "skip_bad": False}
+              "skip_bad": False, "captions": None}
     key = store.key_for(KIND, config)
     code = ("import time; from pathlib import Path; from zscir_cli.core import locks\n"
             f"with locks.hold(Path({str(store.root)!r}), {f'{KIND}-{key}'!r}):\n"

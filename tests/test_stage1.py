@@ -141,7 +141,7 @@ def test_vsi_grid_flag_and_its_renamed_alias(cli, tmp_path, monkeypatch):
     from zscir_cli.pipeline import stage1
 
     seen = []
-    monkeypatch.setattr(stage1, "map_train", lambda ctx, spec, cfg, resume=False: seen.append(cfg))
+    monkeypatch.setattr(stage1, "map_train", lambda ctx, spec, cfg, resume=False, force=False: seen.append(cfg))
     tiny = ["--model", "zscir-tiny-vit", "--pretrained", "none", "--cache-dir", tmp_path]
     code, _, err = cli("map-train", *tiny, "--vsi-grid", "3")
     assert code == 0 and seen[-1].vsi_grid == 3 and "renamed" not in err

@@ -83,7 +83,7 @@ def test_no_hard_negatives_is_hard_negatives_0(cli, tmp_path, monkeypatch):
     from zscir_cli.pipeline import stage2
 
     seen = []
-    monkeypatch.setattr(stage2, "compose_train", lambda ctx, spec, cfg, resume=False: seen.append(cfg))
+    monkeypatch.setattr(stage2, "compose_train", lambda ctx, spec, cfg, resume=False, force=False: seen.append(cfg))
     args = ["compose-train", "--triplets", tmp_path / "t.jsonl", *TINY, "--cache-dir", tmp_path]
     assert cli(*args)[0] == 0 and seen[-1].hard_negatives == 8
     assert cli(*args, "--hard-negatives", "0")[0] == 0 and seen[-1].hard_negatives == 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from zscir_cli.core import faults
 from zscir_cli.core.device import autocast
 from zscir_cli.data.images import Gallery
 from zscir_cli.model.backbone import Backbone
@@ -109,6 +110,7 @@ def run_encoder(ctx: Context, backbone: Backbone, gallery: Gallery, writer: Writ
                 t = time.perf_counter()
                 writer.write(rows, v, tok)
                 stats.timings.write += time.perf_counter() - t
+                faults.point("encode:batch")
                 stats.rows.extend(rows)
             task.advance(len(rows) + len(bad))
     return stats
