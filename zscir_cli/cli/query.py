@@ -45,15 +45,14 @@ def query(
         _batch_or_usage(queries, reference, text, method=method, run=run, top_k=top_k, index=index, model=model,
                         pretrained=pretrained, skip_invalid=skip_invalid, device=device, cache_dir=cache_dir)
         return
-    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+    from zscir_cli.pipeline.backbones import open_backbone
     from zscir_cli.pipeline.methods import check_method, load_method
     from zscir_cli.pipeline.query import (
         check_query_text,
         check_reference,
+        index_and_model,
         index_ids,
-        resolve_query_index,
         run_query,
-        spec_of_index,
         write_html,
     )
 
@@ -63,12 +62,7 @@ def query(
     ref_image = check_reference(reference)
 
     ctx = make_context(cache_dir, device)
-    if model is None and pretrained is None:
-        art = resolve_query_index(ctx, None, index)  # the index names its own model
-        spec = spec_of_index(ctx, art)
-    else:
-        spec = resolve_spec(ctx, model, pretrained)
-        art = resolve_query_index(ctx, spec, index)
+    art, spec = index_and_model(ctx, model, pretrained, index)
     if ref_image is None:
         check_reference(reference, index_ids(art))
     if index is not None or model is not None or pretrained is not None:

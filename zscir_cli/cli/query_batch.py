@@ -18,19 +18,14 @@ def query_batch(queries: Path, *, method: str, run: str | None, top_k: int, inde
                 cache_dir: Path | None) -> None:
     """Every line of QUERIES checked first, then answered with one model and one index, one JSON
     line per query on stdout, in input order."""
-    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+    from zscir_cli.pipeline.backbones import open_backbone
     from zscir_cli.pipeline.methods import check_method, load_method
-    from zscir_cli.pipeline.query import index_ids, load_index, resolve_query_index, spec_of_index
+    from zscir_cli.pipeline.query import index_and_model, index_ids, load_index
     from zscir_cli.pipeline.query_batch import read_queries, run_queries
 
     check_method(method)
     ctx = make_context(cache_dir, device)
-    if model is None and pretrained is None:
-        art = resolve_query_index(ctx, None, index)  # the index names its own model
-        spec = spec_of_index(ctx, art)
-    else:
-        spec = resolve_spec(ctx, model, pretrained)
-        art = resolve_query_index(ctx, spec, index)
+    art, spec = index_and_model(ctx, model, pretrained, index)
     batch = read_queries(queries, set(index_ids(art)), art.key, method, top_k)
     bad = [q for q in batch if q.error is not None]
     if bad and not skip_invalid:  # before any model is loaded

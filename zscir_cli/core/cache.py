@@ -162,6 +162,23 @@ class ArtifactStore:
 
         return locks.hold(self.root, f"{kind}-{key}", on_wait=waiting)
 
+    def get_or_build(self, kind: str, key: str, build: Callable[[], None], *, force: bool = False,
+                     on_wait: Callable[[str], None] | None = None) -> tuple[Artifact, bool]:
+        """(the artifact, whether this call built it). `build()` writes it with `create`; with
+        `force` the artifact found is removed first. Checked, then built under the artifact's lock
+        after checking again: a second identical command waits, then finds the first's."""
+        found = self.get(kind, key)
+        if found is not None and not force:
+            return found, False
+        with self.lock(kind, key, on_wait=on_wait):
+            found = self.get(kind, key)
+            if found is not None and not force:
+                return found, False
+            if found is not None:
+                self.remove(found)
+            build()
+        return self.get(kind, key), True  # type: ignore[return-value]
+
     def ensure_writable(self) -> None:
         try:
             (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
@@ -228,7 +245,7 @@ class ArtifactStore:
             shutil.rmtree(final)
         faults.point("cache:before-rename")
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
         faults.point("cache:after-rename")
 
     def remove(self, artifact: Artifact) -> None:
@@ -353,11 +370,12 @@ def _settle(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_path(Path(dirpath))
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to the disk (a folder: the names renamed into it)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -31,18 +31,8 @@ def prepare_shapes(ctx: Context, cfg: shapes.WorldConfig, force: bool = False) -
     """Generate and store the shapes world; returns (artifact, built_now)."""
     config = {"name": "shapes", "generator": shapes.GENERATOR_VERSION, **asdict(cfg)}
     key = ctx.store.key_for(KIND, config)
-    found = ctx.store.get(KIND, key)
-    if found is not None and not force:
-        return found, False
-    # a second identical command waits here, then finds the first one's artifact
-    with ctx.store.lock(KIND, key, on_wait=ctx.reporter.info):
-        found = ctx.store.get(KIND, key)
-        if found is not None and not force:
-            return found, False
-        if found is not None:
-            ctx.store.remove(found)
-        _build_shapes(ctx, cfg, key, config)
-    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
+    return ctx.store.get_or_build(KIND, key, lambda: _build_shapes(ctx, cfg, key, config), force=force,
+                                  on_wait=ctx.reporter.info)
 
 
 def _build_shapes(ctx: Context, cfg: shapes.WorldConfig, key: str, config: dict[str, Any]) -> None:
@@ -117,19 +107,13 @@ def prepare_imagefolder(ctx: Context, folder: str | Path, name: str | None = Non
     config = {"name": name, "kind": "imagefolder", "source": source, "skip_bad": skip_bad,
               "captions": captions_digest([(i.id, i.caption) for i in items]) if has_meta else None}
     key = ctx.store.key_for(KIND, config)
-    found = ctx.store.get(KIND, key)
-    if found is not None and not force:
-        return found, False
-    with ctx.store.lock(KIND, key, on_wait=ctx.reporter.info):
-        found = ctx.store.get(KIND, key)
-        if found is not None and not force:
-            return found, False
-        _build_imagefolder(ctx, root, items, config, key, found, has_meta, skip_bad, name)
-    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
+    return ctx.store.get_or_build(
+        KIND, key, lambda: _build_imagefolder(ctx, root, items, config, key, has_meta, skip_bad, name),
+        force=force, on_wait=ctx.reporter.info)
 
 
 def _build_imagefolder(ctx: Context, root: Path, items: list, config: dict[str, Any], key: str,
-                       found: Artifact | None, has_meta: bool, skip_bad: bool, name: str) -> None:
+                       has_meta: bool, skip_bad: bool, name: str) -> None:
     import datasets as hf
 
     from zscir_cli.data.imagefolder import check_image
@@ -148,8 +132,6 @@ def _build_imagefolder(ctx: Context, root: Path, items: list, config: dict[str, 
     if not good:
         raise UserError(f"No usable image in {root}.", "Point zscir at a folder of readable images.")
     captioned = sum(bool(it.caption.strip()) for it in good)
-    if found is not None:
-        ctx.store.remove(found)
     features = hf.Features({"id": hf.Value("string"), "image": hf.Image(), "caption": hf.Value("string")})
     with ctx.store.create(KIND, key, config=config,
                           description=f"image folder {root} ({len(good)} images, {captioned} captioned)") as out:

@@ -128,18 +128,7 @@ def _prepare(ctx: Context, config: dict[str, Any], force: bool, build: Callable[
         raise UserError(f"--missing-caption must be skip or keep, got '{config['missing_caption']}'.",
                         "skip leaves uncaptioned samples out; keep keeps them with an empty caption.")
     key = ctx.store.key_for(KIND, config)
-    found = ctx.store.get(KIND, key)
-    if found is not None and not force:
-        return found, False
-    ctx.store.ensure_writable()
-    with ctx.store.lock(KIND, key, on_wait=ctx.reporter.info):
-        found = ctx.store.get(KIND, key)
-        if found is not None and not force:
-            return found, False
-        if found is not None:
-            ctx.store.remove(found)
-        build(key)
-    return ctx.store.get(KIND, key), True  # type: ignore[return-value]
+    return ctx.store.get_or_build(KIND, key, lambda: build(key), force=force, on_wait=ctx.reporter.info)
 
 
 # -- webdataset -------------------------------------------------------------------------------

@@ -168,6 +168,19 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
     return res
 
 
+def index_and_model(ctx: Context, model: str | None, pretrained: str | None,
+                    index_ref: str | None) -> tuple[Artifact, ModelSpec]:
+    """The index to query and the model to encode with: without --model/--pretrained the index
+    names its own model (the newest index when none is named), else the newest index of it."""
+    if model is None and pretrained is None:
+        art = resolve_query_index(ctx, None, index_ref)
+        return art, spec_of_index(ctx, art)
+    from zscir_cli.pipeline.backbones import resolve_spec
+
+    spec = resolve_spec(ctx, model, pretrained)
+    return resolve_query_index(ctx, spec, index_ref), spec
+
+
 def spec_of_index(ctx: Context, index: Artifact) -> ModelSpec:
     """The model an index was built with, its weights found by their content hash."""
     return spec_for_identity(ctx, index.manifest["model"])
