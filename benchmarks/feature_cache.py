@@ -75,7 +75,7 @@ def main() -> None:
                 if cached:
                     v = torch.from_numpy(np.asarray(feats.image[idx], dtype=np.float32))
                     visual = torch.from_numpy(np.asarray(feats.tokens[idx], dtype=np.float32))
-                else:  # as the peers do: decode, preprocess and run the frozen image tower each step
+                else:  # as re-encoding training loops do: decode, preprocess and run the frozen image tower each step
                     images = torch.stack([backbone.preprocess(gallery.image(int(i))) for i in idx])
                     v, visual = encode_with_tokens(backbone.model, images, cfg.vsi_grid)
                 step(v, visual)

@@ -95,14 +95,14 @@ def test_a_small_gallery_returns_every_row_once(tmp_path):
 
 
 def test_index_kinds_are_two_artifacts_the_second_built_from_the_first(cli, cache, image_folder, monkeypatch):
-    from zscir_cli.pipeline import encode
+    from zscir_cli.pipeline import galleries
 
     code, out, err = cli("index", image_folder, *TINY, "--cache-dir", cache, "--workers", "0", "--json")
     assert code == 0, err
     flat = json.loads(out)
     assert flat["kind"]["kind"] == "flat" and "exact scan" in flat["kind"]["reason"]  # auto, 10 images
     calls = []
-    monkeypatch.setattr(encode, "run_encoder", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(galleries, "run_encoder", lambda *a, **k: calls.append(1))  # the name galleries calls
     code, out, err = cli("index", image_folder, *TINY, "--cache-dir", cache, "--kind", "hnsw", "--json")
     assert code == 0, err
     hnsw = json.loads(out)

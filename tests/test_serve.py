@@ -56,7 +56,7 @@ def test_health_info_and_ids(client, world):
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["indexes"] == [key]
     info = client.get("/api/info").json()
     assert info["model"] == world[3].backbone.spec.label() and info["model"].startswith("zscir-tiny-vit")
-    assert info["indexes"] == [{"key": key, "size": 10, "kind": "folder", "description": info["indexes"][0]["description"],
+    assert info["indexes"] == [{"key": key, "size": 10, "kind": "flat", "source": "folder", "description": info["indexes"][0]["description"],
                                 "images": True}]
     # no trained run for a random model: the baselines only, and the default falls back to sum
     assert info["methods"] == [{"name": m, "run": None} for m in ("image", "text", "sum")]

@@ -109,8 +109,17 @@ def test_skip_invalid_answers_each_bad_line_with_an_error_line(cli, world, tmp_p
     assert "2 queries answered, 6 skipped" in err
 
 
+def test_queries_refuses_single_query_outputs(cli, world, tmp_path):
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"reference": "x.png", "text": "make it red"}) + "\n")
+    for extra in (["--json"], ["--html", str(tmp_path / "p.html")]):
+        code, out, err = cli("query", "--queries", queries, *extra, "--cache-dir", world[0])
+        assert code == 2 and "--queries writes JSON lines" in err and out == ""
+    assert not (tmp_path / "p.html").exists()
+
+
 def test_a_file_that_does_not_decode_is_named_at_run_time(cli, world, tmp_path):
-    cache, folder, key = world
+    cache, folder, _key = world
     good = min(folder.rglob("*.png")).read_bytes()
     (tmp_path / "cut.png").write_bytes(good[:60])  # a valid header, truncated pixels
     queries = tmp_path / "q.jsonl"

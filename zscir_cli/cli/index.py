@@ -53,6 +53,10 @@ def index(
                         "Give a gallery to index, or --embeddings DIR.",
                         "e.g. zscir index photos/, or zscir index --embeddings out/ --model ViT-L-14 "
                         "--pretrained openai.")
+    if max_memory is not None:  # before any model or gallery is loaded
+        from zscir_cli.pipeline.indexing import index_spec
+
+        index_spec("flat", 1, 1, max_memory)
     ctx = make_context(cache_dir, device, workers)
     built = _build(ctx, gallery, embeddings, model, pretrained, batch_size=batch_size, skip_bad=skip_bad,
                    force=force, part_size=part_size, kind=kind, max_memory=max_memory)

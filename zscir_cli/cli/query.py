@@ -10,6 +10,7 @@ import typer
 from zscir_cli.cli.common import make_context, print_hits, print_json
 from zscir_cli.cli.console import err
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
+from zscir_cli.core.errors import UserError
 
 
 def query(
@@ -41,6 +42,9 @@ def query(
     cache_dir: CacheDir = None,
 ) -> None:
     """Find the gallery images that show REFERENCE changed as TEXT says."""
+    if queries is not None and (html is not None or json_out):
+        raise UserError("--queries writes JSON lines on stdout; --html and --json go with a single query.",
+                        "Leave out --html/--json, or query one REFERENCE TEXT at a time.")
     if queries is not None or reference is None or text is None:
         _batch_or_usage(queries, reference, text, method=method, run=run, top_k=top_k, index=index, model=model,
                         pretrained=pretrained, skip_invalid=skip_invalid, device=device, cache_dir=cache_dir)

@@ -81,7 +81,7 @@ class TextEncoder(nn.Module):
         `placeholder_mask` (B, L) marks the positions that take `pseudo` (and that VSI hooks see);
         None marks every placeholder token.
 
-        `block_hooks[i]` run after block i (1-based, as method.md counts layers).
+        `block_hooks[i]` run after block i (1-based, as the paper counts layers).
         `truncate` drops the padding after the batch's last end-of-text token before running the
         tower. Under CLIP's causal mask no position attends to a later one, so the pooled
         end-of-text feature is the same (up to float rounding), while "a photo of $" costs 6

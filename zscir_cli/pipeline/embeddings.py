@@ -78,8 +78,6 @@ def part_done(folder: Path, name: str) -> bool:
         return False
 
 
-
-
 def _npy_shape(path: Path) -> tuple[int, ...]:
     return tuple(np.load(path, mmap_mode="r").shape)
 

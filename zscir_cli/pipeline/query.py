@@ -136,7 +136,10 @@ def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str
     if reference_image is None and reference in loaded.rows and not Path(reference).is_file():
         row = loaded.rows[reference]
         ref_feat = np.asarray(features[row:row + 1], dtype=np.float32)
-        ref_img = gallery.image(row) if gallery is not None else None
+        # the gallery's own row of the id: an index leaves out unreadable images (--skip-bad), and
+        # a folder may have gained files since, so index rows and gallery rows can differ
+        ref_img = gallery.image(gallery.ids.index(reference)) if gallery is not None and \
+            reference in gallery.ids else None
         exclude = [row]  # never return the reference itself
         if method.needs_tokens and ref_img is None:
             raise UserError(f"The gallery of index {index.key} is gone, so reference '{reference}' "

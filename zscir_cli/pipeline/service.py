@@ -99,7 +99,7 @@ class Service:
     def info(self) -> dict[str, Any]:
         return {"model": self.backbone.spec.label(), "default_index": self.default_index,
                 "default_method": self.default_method,
-                "indexes": [{"key": key, "size": len(ix.ids), "kind": _kind(ix),
+                "indexes": [{"key": key, "size": len(ix.ids), "kind": _kind(ix), "source": _source(ix),
                              "description": ix.artifact.description, "images": ix.gallery is not None}
                             for key, ix in self.indexes.items()],
                 "methods": [{"name": name, "run": m.run.key if m.run is not None else None}
@@ -248,6 +248,12 @@ def too_large(size: int, limits: Limits) -> ApiError:
 
 
 def _kind(loaded: LoadedIndex) -> str:
+    """flat, hnsw, ivf or factory: what the index is."""
+    return str(loaded.artifact.manifest.get("index", {}).get("kind", "flat"))
+
+
+def _source(loaded: LoadedIndex) -> str:
+    """folder, dataset or embeddings: what the index was built from."""
     return str(loaded.artifact.manifest.get("gallery_source", {}).get("kind", "unknown"))
 
 

@@ -7,7 +7,7 @@ its parts in clip-retrieval's layout (`pipeline.embeddings`) into `<cache>/.part
 as they finish, each file under a temporary name and then renamed. A rerun after a crash, with
 any number of processes, skips the parts already written. Rank 0 waits for the last part by
 watching the files (no collective, so a long part never trips a process-group timeout), builds
-the index from the parts and moves them into the index artifact (`embeddings/`), where autofaiss
+the index from the parts and hard-links (or copies) them into the index artifact (`embeddings/`), where autofaiss
 and clip-retrieval's tools read them. Several machines need the cache on a shared file system.
 """
 
@@ -111,7 +111,7 @@ def index_sharded(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist, *
     if plan.action != "encode":
         if not d.main:
             return None
-        res = _reuse(ctx, backbone, gallery, key, plan.action, batch_size, spec)
+        res = _reuse(ctx, backbone, gallery, key, plan.action, batch_size, spec, skip_bad)
         return ShardedResult(res, 0, 0, d.world)
     mine = plan.pending[d.rank::d.world]
     for k in mine:
@@ -162,12 +162,12 @@ def _done(folder: Path, k: int, count: int) -> bool:
 
 
 def _reuse(ctx: Context, backbone: Backbone, gallery: Gallery, key: str, action: str, batch_size: int,
-           spec: IndexSpec) -> IndexResult:
+           spec: IndexSpec, skip_bad: bool) -> IndexResult:
     if action == "found":
         art = ctx.store.get(INDEX, key)
         assert art is not None
         return IndexResult(art, False, len(art.manifest.get("skipped", [])), dict(art.manifest.get("timings_s", {})))
-    enc = encode_once(ctx, backbone, gallery, index=True, batch_size=batch_size, kind=spec)
+    enc = encode_once(ctx, backbone, gallery, index=True, batch_size=batch_size, kind=spec, skip_bad=skip_bad)
     assert enc.index is not None
     return IndexResult(enc.index, enc.index.ref in enc.built, enc.skipped, dict(enc.index.manifest.get("timings_s", {})))
 
@@ -235,7 +235,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def _assemble(ctx: Context, gallery: Gallery, folder: Path, key: str, icfg: dict[str, Any], plan: Plan,
               stats: RunStats, label: str, world: int, spec: IndexSpec):
-    """Rank 0: the index from the parts, with the parts moved into it."""
+    """Rank 0: the index from the parts, with the parts hard-linked (or copied) into it."""
     with ctx.store.lock(INDEX, key, on_wait=ctx.reporter.info):
         found = ctx.store.get(INDEX, key)
         if found is not None:  # another group finished first

@@ -1,4 +1,4 @@
-"""`zscir map-train`: Stage I, mapping images to a rich pseudo-word (method.md, Stage I)."""
+"""`zscir map-train`: Stage I, mapping images to a rich pseudo-word (the paper's Stage I)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`zscir compose-train`: Stage II, composing adapters trained on synthetic triplets with hard
-negative mining (method.md, Stage II). Uses the training machinery of Stage I as it is.
+negative mining (the paper's Stage II). Uses the training machinery of Stage I as it is.
 
 A finished run stores its adapters and names its Stage I run (`stage1_run`); only a run with
 --tune-stage1 stores the mapper it tuned.

@@ -1,5 +1,5 @@
 """Stage II's training data: the triplet set as rows of a frozen feature set, and the miner of
-its hard negatives (method.md, Stage II).
+its hard negatives (the paper's Stage II).
 
 An image is a likely false negative of a query when it may show the query's target: the target
 itself, an image with the same (normalised) caption, or one whose caption feature is within a

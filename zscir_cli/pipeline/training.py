@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from zscir_cli.core import faults
-from zscir_cli.core.cache import Artifact
+from zscir_cli.core.cache import Artifact, fsync_path
 from zscir_cli.core.errors import UserError
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.distributed import Dist, device_for, gather, init_distributed  # noqa: F401 - re-exported
@@ -133,9 +133,7 @@ def _replace_durably(write: Callable[[Any], None], path: Path, kill_point: str |
         tmp.unlink(missing_ok=True)
         raise
     with contextlib.suppress(OSError):  # so that the rename itself survives a power cut
-        fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+        fsync_path(path.parent)
 
 
 def save_checkpoint(state: dict[str, Any], folder: Path) -> None:
