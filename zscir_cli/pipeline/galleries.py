@@ -189,15 +189,20 @@ def _encode_into(ctx: Context, backbone: Backbone, gallery: Gallery, out: Encodi
             writer.image.close()
             writer.tokens.close()
             (fpend.path / "ids.json").write_text(json.dumps(ids))
-            shape = np.load(fpend.path / "tokens.npy", mmap_mode="r").shape
-            fpend.manifest.update({"description": f"frozen features of {n} images, {label}", "count": n,
-                                   "tokens": int(shape[1]), "dim": int(shape[2]), "timings_s": timings})
+            fpend.manifest.update(features_manifest(fpend, n, label, timings))
     if index is not None:
         out.index = ctx.store.get(INDEX, index[1])
         out.built.append(out.index.ref)  # type: ignore[union-attr]
     if features is not None:
         out.features = ctx.store.get(FEATURES, features[1])
         out.built.append(out.features.ref)  # type: ignore[union-attr]
+
+
+def features_manifest(pending: Pending, count: int, label: str, timings: dict[str, float]) -> dict[str, Any]:
+    """The manifest fields of a features artifact whose image.npy and tokens.npy are written."""
+    shape = np.load(pending.path / "tokens.npy", mmap_mode="r").shape
+    return {"description": f"frozen features of {count} images, {label}", "count": count,
+            "tokens": int(shape[1]), "dim": int(shape[2]), "timings_s": timings}
 
 
 def check_failures(gallery: Gallery, stats: RunStats, *, strict: bool, index: bool) -> None:

@@ -21,6 +21,7 @@ from zscir_cli.model.visual import tower_kind
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.distributed import Dist, device_for, init_distributed
 from zscir_cli.pipeline.features import FeatureSet, cached_features
+from zscir_cli.pipeline.sharded_features import sharded_features
 
 
 def start_run(ctx: Context) -> tuple[Context, torch.device, Dist]:
@@ -35,11 +36,15 @@ def start_run(ctx: Context) -> tuple[Context, torch.device, Dist]:
 
 def shared_features(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist, grid: int,
                     captions: list[str] | None = None) -> FeatureSet:
-    """`cached_features` of the gallery: rank 0 computes the cache, the other ranks wait and read it."""
+    """`cached_features` of the gallery. Under torchrun every process encodes its parts of the
+    images (`sharded_features`); rank 0 then caches the captions' features (text is cheap) while
+    the other ranks wait, and every rank reads the cache."""
     try:
         tower_kind(backbone.model)
     except ValueError as e:
         raise UserError(str(e), "Choose an OpenCLIP ViT or ResNet architecture with --model.") from e
+    if d.world > 1:
+        sharded_features(ctx, backbone, gallery, d, grid)
     if d.main:
         fs = cached_features(ctx, backbone, gallery, grid=grid, captions=captions)
     d.barrier()
