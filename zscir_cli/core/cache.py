@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -29,6 +27,7 @@ from typing import Any
 
 from zscir_cli import __version__
 from zscir_cli.core import faults
+from zscir_cli.core.durable import fsync_path, settle, write_failure
 from zscir_cli.core.errors import UserError
 from zscir_cli.core.jsonutil import canonical_json, content_key
 
@@ -235,7 +234,7 @@ class ArtifactStore:
         # manifest last: its presence marks the artifact complete
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str)
                                     + "\n", encoding="utf-8")
-        _settle(tmp)
+        settle(tmp)
         final = self.root / kind / key
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # an earlier writer won, or a broken leftover: replace it
@@ -312,74 +311,6 @@ def parse_temp_name(name: str) -> tuple[str, str, int] | None:
     if len(parts) != 4 or not parts[0] or not parts[2].isdigit():
         return None
     return parts[0], parts[1], int(parts[2])
-
-
-_ROOM = "Free some space, or move the cache to a disk with room (--cache-dir DIR or ZSCIR_HOME)."
-_WRITABLE = ("Make the cache folder writable, or pass --cache-dir DIR (or set ZSCIR_HOME) to a "
-             "folder you can write.")
-# errno -> (what happened, what to do about it)
-_WRITE_ERRORS = {
-    errno.ENOSPC: ("the disk is full", _ROOM),
-    errno.EDQUOT: ("the disk quota is exceeded", _ROOM),
-    errno.EFBIG: ("the file is too large for the file system", _ROOM),
-    errno.EACCES: ("permission denied", _WRITABLE),
-    errno.EPERM: ("the operation is not permitted", _WRITABLE),
-    errno.EROFS: ("the file system is read-only", _WRITABLE),
-}
-# writers outside Python (safetensors, faiss) report the OS error in their message only
-_MESSAGE_ERRNOS = {os.strerror(n): n for n in _WRITE_ERRORS}
-
-
-def write_failure(exc: BaseException, root: Path) -> UserError | None:
-    """The UserError for a write that failed for want of space or permission, else None."""
-    if isinstance(exc, UserError) or not isinstance(exc, Exception):
-        return None
-    code = exc.errno if isinstance(exc, OSError) else None
-    if code is None:
-        text = str(exc)
-        match = re.search(r"os error (\d+)", text)
-        code = int(match.group(1)) if match else next(
-            (n for msg, n in _MESSAGE_ERRNOS.items() if msg in text), None)
-    if code not in _WRITE_ERRORS:
-        return None
-    what, fix = _WRITE_ERRORS[code]
-    path = getattr(exc, "filename", None)
-    where = f"{path}" if path else f"to the cache at {root}"
-    return UserError(f"Could not write {where}: {what}; nothing of the unfinished artifact "
-                     "was kept.", fix)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _settle(folder: Path) -> None:
-    """Give the artifact's files ordinary permissions (some writers make them 0600) and flush
-    them and their folders to disk, so the rename that publishes the artifact never outlives
-    its content after a power cut."""
-    mask = _umask()
-    for dirpath, _dirnames, filenames in os.walk(folder):
-        os.chmod(dirpath, 0o777 & ~mask)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            os.chmod(path, 0o666 & ~mask)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_path(Path(dirpath))
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a folder's entry to the disk (a folder: the names renamed into it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
