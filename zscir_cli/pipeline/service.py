@@ -4,8 +4,9 @@ composed queries over HTTP.
 `Service` holds what was loaded and does the work (checks, ranking, thumbnails) without knowing
 HTTP; `service_app.create_app` puts it behind FastAPI. Every query runs through `run_query`,
 so an answer equals what `zscir query --json` prints for the same input. The model and faiss
-calls are serialised by one lock (requests are decoded and checked concurrently, ranked one at
-a time); gallery reads have their own lock, so thumbnails never wait behind a query.
+calls are serialised by one lock (requests are decoded concurrently, ranked one at a time on
+the server's event loop); gallery reads have their own lock and run in worker threads, so a
+thumbnail waits for at most the query being ranked.
 """
 
 from __future__ import annotations
