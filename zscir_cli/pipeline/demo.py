@@ -54,7 +54,7 @@ class DemoConfig:
                           stage1=Stage1Config(epochs=1, batch_size=8, seed=seed),
                           stage2=Stage2Config(triplets="", epochs=1, batch_size=8, seed=seed, hard_negatives=2),
                           triplets=40,
-                          examples=2, top_k=3)
+                          examples=2, top_k=3, html=None)  # tests and benchmarks write no page
 
 
 @dataclass
