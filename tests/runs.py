@@ -1,4 +1,5 @@
-"""Helpers for tests that train: one process against two under torchrun, and run metrics."""
+"""What tests that run zscir in processes share: a prepared world, a folder of renders, one
+process against two under torchrun, and run metrics."""
 
 from __future__ import annotations
 
@@ -25,17 +26,43 @@ def zscir(args: list[str], cache: Path, env: dict[str, str] | None = None,
                           timeout=timeout, check=False)
 
 
-def one_and_two_processes(args: list[str], single_cache: Path, ddp_cache: Path,
-                          port: int | None = None) -> tuple[dict, dict]:
+def torchrun(args: list[str], cache: Path, env: dict[str, str] | None = None,
+             timeout: int = 300) -> subprocess.CompletedProcess:
+    """`zscir ARGS --cache-dir CACHE` under torchrun with two processes (gloo, one thread each)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), "-m", "zscir_cli", *args, "--cache-dir", str(cache)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          timeout=timeout, check=False)
+
+
+def prepared_world(root: Path, **world) -> Path:
+    """A cache at `root` holding a small prepared shapes world (WorldConfig fields in `world`)."""
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.data.shapes import WorldConfig
+    from zscir_cli.pipeline.context import Context
+    from zscir_cli.pipeline.datasets import prepare_shapes
+
+    prepare_shapes(Context(store=ArtifactStore(root)), WorldConfig(**world))
+    return root
+
+
+def rendered_gallery(root: Path, n: int, name: str = "img{i}.png") -> Path:
+    """A folder of `n` shapes renders (32 px, seed 5) named by `name`."""
+    from zscir_cli.data import shapes
+
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = shapes.WorldConfig(seed=5, image_size=32)
+    for i in range(n):
+        shapes.render_record(cfg, shapes.pair_record(cfg, "train", i)).save(root / name.format(i=i))
+    return root
+
+
+def one_and_two_processes(args: list[str], single_cache: Path, ddp_cache: Path) -> tuple[dict, dict]:
     """Run `zscir ARGS --json` in one process and under torchrun with two (gloo, one thread each);
-    returns both JSON results (only rank 0 prints). `port`: the rendezvous port (default: a free one)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    returns both JSON results (only rank 0 prints)."""
     one = zscir(args, single_cache)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(port or free_port()), "-m", "zscir_cli", *args,
-                          "--cache-dir", str(ddp_cache)],
-                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    two = torchrun(args, ddp_cache)
     assert two.returncode == 0, two.stderr[-3000:]
     return json.loads(one.stdout), json.loads(two.stdout)
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from runs import rendered_gallery
 
 from zscir_cli.core.cache import MANIFEST, TMP_DIR
 
@@ -28,14 +29,7 @@ KILL_BATCH = 3  # of the 5 batches of 2 images
 
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory) -> Path:
-    from zscir_cli.data import shapes
-
-    root = tmp_path_factory.mktemp("faults") / "gallery"
-    root.mkdir()
-    cfg = shapes.WorldConfig(seed=5, image_size=32)
-    for i in range(10):
-        shapes.render_record(cfg, shapes.pair_record(cfg, "train", i)).save(root / f"img{i}.png")
-    return root
+    return rendered_gallery(tmp_path_factory.mktemp("faults") / "gallery", 10, "img{i}.png")
 
 
 class Child:

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from runs import zscir
+from runs import prepared_world, zscir
 from safetensors.torch import load_file
 
 from zscir_cli.core.cache import ArtifactStore
-from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.training import interrupted_runs, read_metrics
 
 ARGS = ["pretrain", "--model", "zscir-tiny-vit", "--steps", "6", "--steps-per-epoch", "2", "--batch-size", "8",
@@ -26,12 +25,7 @@ ARGS = ["pretrain", "--model", "zscir-tiny-vit", "--steps", "6", "--steps-per-ep
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    from zscir_cli.data.shapes import WorldConfig
-    from zscir_cli.pipeline.datasets import prepare_shapes
-
-    root = tmp_path_factory.mktemp("world")
-    prepare_shapes(Context(store=ArtifactStore(root)), WorldConfig(train_pairs=8, val_pairs=6, cir_queries=6))
-    return root
+    return prepared_world(tmp_path_factory.mktemp("world"), train_pairs=8, val_pairs=6, cir_queries=6)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from runs import one_and_two_processes
+from runs import one_and_two_processes, prepared_world
 from safetensors.torch import load_file, save_file
 
 from zscir_cli.core.cache import ArtifactStore
@@ -19,12 +19,7 @@ CFG = {"steps": 6, "batch_size": 8, "steps_per_epoch": 2, "seed": 0}  # 3 epochs
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    from zscir_cli.data.shapes import WorldConfig
-    from zscir_cli.pipeline.datasets import prepare_shapes
-
-    root = tmp_path_factory.mktemp("world")
-    prepare_shapes(Context(store=ArtifactStore(root)), WorldConfig(train_pairs=8, val_pairs=6, cir_queries=6))
-    return root
+    return prepared_world(tmp_path_factory.mktemp("world"), train_pairs=8, val_pairs=6, cir_queries=6)
 
 
 def _cache(world: Path, dst: Path) -> Path:

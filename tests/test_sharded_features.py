@@ -4,14 +4,11 @@ bytes one process writes, a killed run's parts are reused, unreadable images sto
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from runs import free_port, zscir
+from runs import prepared_world, torchrun, zscir
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.core.errors import UserError
@@ -24,21 +21,9 @@ ARGS = ["map-train", *TINY, "--epochs", "1", "--batch-size", "16", "--device", "
 FILES = ("image.npy", "tokens.npy", "ids.json")
 
 
-def torchrun(args: list[str], cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), "-m", "zscir_cli", *args, "--cache-dir", str(cache)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                          timeout=300, check=False)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    from zscir_cli.data.shapes import WorldConfig
-    from zscir_cli.pipeline.datasets import prepare_shapes
-
-    root = tmp_path_factory.mktemp("world")
-    prepare_shapes(Context(store=ArtifactStore(root)), WorldConfig(train_pairs=200, val_pairs=16, cir_queries=6))
-    return root
+    return prepared_world(tmp_path_factory.mktemp("world"), train_pairs=200, val_pairs=16, cir_queries=6)
 
 
 @pytest.fixture(scope="module")

@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from runs import free_port, zscir
+from runs import rendered_gallery, torchrun, zscir
 
 MODEL = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 # batch 4 and parts of 8 images: 40 images make 5 parts, dealt to 2 processes as 0,2,4 / 1,3
 ARGS = [*MODEL, "--batch-size", "4", "--part-size", "8", "--workers", "0", "--json"]
 
 
-def torchrun(args: list[str], cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), "-m", "zscir_cli", *args, "--cache-dir", str(cache)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                          timeout=300, check=False)
-
-
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory) -> Path:
-    from zscir_cli.data import shapes
-
-    root = tmp_path_factory.mktemp("sharded") / "gallery"
-    root.mkdir()
-    cfg = shapes.WorldConfig(seed=5, image_size=32)
-    for i in range(40):
-        shapes.render_record(cfg, shapes.pair_record(cfg, "train", i)).save(root / f"img{i:03d}.png")
-    return root
+    return rendered_gallery(tmp_path_factory.mktemp("sharded") / "gallery", 40, "img{i:03d}.png")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from runs import losses, one_and_two_processes
+from runs import losses, one_and_two_processes, prepared_world
 from safetensors.torch import load_file
 
 from zscir_cli.core.cache import ArtifactStore
@@ -22,12 +22,7 @@ SPEC = ModelSpec("zscir-tiny-vit", "none")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """A small prepared shapes world, copied into each test's cache."""
-    from zscir_cli.data.shapes import WorldConfig
-    from zscir_cli.pipeline.datasets import prepare_shapes
-
-    root = tmp_path_factory.mktemp("world")
-    prepare_shapes(Context(store=ArtifactStore(root)), WorldConfig(train_pairs=64, val_pairs=16, cir_queries=6))
-    return root
+    return prepared_world(tmp_path_factory.mktemp("world"), train_pairs=64, val_pairs=16, cir_queries=6)
 
 
 @pytest.fixture
