@@ -53,7 +53,9 @@ def test_edits_only_propose_values_the_corpus_holds():
     from zscir_cli.data.synth import corpus_vocab
 
     vocab = corpus_vocab([normalise(c) for c in CAPTIONS])
-    assert set(vocab["colour"]) == {"red", "blue", "white", "black"}
+    # white and black are only ever backgrounds here: no object is offered those colours
+    assert set(vocab["colour"]) == {"red", "blue"}
+    assert set(vocab["background_colour"]) == {"white", "black"}
     rng = np.random.default_rng(1)
     for _ in range(20):
         for c in propose_edits(0, CAPTIONS[0], rng, 5, vocab):

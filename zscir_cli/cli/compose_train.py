@@ -32,6 +32,10 @@ def compose_train(
              "target's (besides equal captions); above 1 turns it off.")] = 0.98,
     tune_stage1: Annotated[bool, typer.Option("--tune-stage1", help="Unfreeze the Stage I mapper.")] = False,
     stage1_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the Stage I loss (with --tune-stage1).")] = 0.0,
+    temperature: Annotated[float, typer.Option(min=1e-4, help="Temperature tau of the composing loss.")] = 0.07,
+    caption_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of the caption loss: the composed query also aims at the base CLIP's text feature of "
+                      "its target's caption, against the same candidates; 0: the paper's objective.")] = 0.0,
     stage1: Annotated[str | None, typer.Option(help="Stage I run [default: the newest stage1 run of the model].",
                                                   show_default=False)] = None,
     seed: Seed = 0,
@@ -61,7 +65,7 @@ def compose_train(
                        adapter_dim=adapter_dim, adapter_layers=_layers(adapter_layers), hard_negatives=k,
                        tune_stage1=tune_stage1,
                        false_negative_similarity=false_negative_similarity,
-                       stage1_weight=stage1_weight, stage1=stage1, skip_bad=skip_bad,
+                       stage1_weight=stage1_weight, caption_weight=caption_weight, temperature=temperature, stage1=stage1, skip_bad=skip_bad,
                        allow_outside_paths=allow_outside_paths)
     art = run(ctx, resolve_spec(ctx, model, pretrained), cfg, resume=resume, force=force)
     if _rank() != 0 or art is None:

@@ -24,6 +24,10 @@ def synth(
     seed: Seed = 0,
     min_similarity: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Nearest-caption targets below this "
                                                   "text similarity are rejected.")] = 0.9,
+    match: Annotated[str, typer.Option(
+        help="How a nearest caption is accepted as the target: words (it shows the new value and not the old "
+             "one: the paper's low-quality recipe) or content (it names the same objects and background as the "
+             "edited caption, up to word order).")] = "words",
     exact_only: Annotated[bool, typer.Option("--exact-only", help="Only exact caption matches: no text "
                                              "embedding, no model.")] = False,
     allow_outside: Annotated[bool, typer.Option(
@@ -63,7 +67,7 @@ def synth(
                               for i in range(0, len(texts), 512)]).numpy()
 
     report = synthesise(ctx, corpus, mode=mode, max_triplets=max_triplets, seed=seed,
-                        min_similarity=min_similarity, embed=embed)
+                        min_similarity=min_similarity, embed=embed, match=match)
     if not report.triplets:
         raise UserError("No triplet could be made: every edit was rejected ("
                         + ", ".join(f"{r}: {n}" for r, n in report.rejected.most_common(3)) + ").",

@@ -54,6 +54,10 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "remove": ("remove the {obj}", "without the {obj}", "take away the {obj}", "get rid of the {obj}"),
 }
 EDIT_TYPES = ("replace", "background", "count", "add", "remove")
+# Bump when a change here changes the triplets a corpus and seed give: it is part of every
+# triplet artifact's key, so triplets of an older recipe are never reused.
+SYNTH_VERSION = 2
+MATCHES = ("words", "content")  # how a nearest caption is accepted as a target (see `_accepts`)
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
 
 
@@ -108,9 +112,43 @@ class Triplet:
 
 def corpus_vocab(normalised: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """The vocabularies restricted to words the corpus holds: an edit towards a value that no
-    caption has can never find a target."""
-    present = {w for c in normalised for w in c.split()}
-    return {cat: tuple(w for w in words if w in present) for cat, words in VOCAB.items()}
+    caption has can never find a target. A colour word seen only as '<colour> background' is a
+    background colour, not an object's ('make it black' on a world with black backgrounds only);
+    'background_colour' holds the colours seen before 'background'."""
+    present, backgrounds = set(), set()
+    for c in normalised:
+        words = c.split()
+        for i, w in enumerate(words):
+            (backgrounds if i + 1 < len(words) and words[i + 1] == "background" else present).add(w)
+    out = {cat: tuple(w for w in words if w in present) for cat, words in VOCAB.items()}
+    out["background_colour"] = tuple(w for w in VOCAB["colour"] if w in backgrounds)
+    return out
+
+
+MODIFIERS = ("colour", "size", "material", "pattern")  # words that may precede an object noun
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a caption says, up to word order: its object phrases (an object noun with the
+    modifiers right before it, e.g. 'small red circle') and the colour words outside them (a
+    background's: 'on a white background', 'on white')."""
+
+    objects: tuple[str, ...]  # sorted
+    colours: tuple[str, ...]  # sorted
+
+    @staticmethod
+    def of(words: Sequence[str]) -> Content:
+        phrases, inside = [], set()
+        for j, w in enumerate(words):
+            if _category(w) == "object":
+                k = j
+                while k > 0 and _category(words[k - 1]) in MODIFIERS:
+                    k -= 1
+                phrases.append(" ".join(words[k:j + 1]))
+                inside.update(range(k, j + 1))
+        free = [w for i, w in enumerate(words) if i not in inside and _category(w) == "colour"]
+        return Content(tuple(sorted(phrases)), tuple(sorted(free)))
 
 
 def _fix_articles(words: list[str]) -> list[str]:
@@ -145,7 +183,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
     if bg:
         i = bg[0] - 1
         old = words[i]
-        choices = [w for w in vocab["colour"] if not _synonyms(w, old) and w not in words]
+        choices = [w for w in vocab.get("background_colour", vocab["colour"]) if not _synonyms(w, old) and w != old]
         if choices:
             new = choices[int(rng.integers(len(choices)))]
             tpl = TEMPLATES["background"][int(rng.integers(len(TEMPLATES["background"])))]
@@ -178,11 +216,13 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         phrase = " ".join(w for w in words[start:end + 1] if w not in ("a", "an"))
         tpl = TEMPLATES["remove"][int(rng.integers(len(TEMPLATES["remove"])))]
         out["remove"] = Candidate(row, "remove", phrase, "", " ".join(rest), tpl.format(obj=words[end]))
-    # add an object phrase before 'on a ... background' (or at the end)
+    # add an object phrase before 'on a ... background' (or at the end), with the modifiers the
+    # caption's first object phrase has ('a small red circle' -> add 'a large green star')
     obj = vocab["object"][int(rng.integers(len(vocab["object"])))] if vocab["object"] else None
-    if obj is not None and obj not in words and vocab["colour"]:
-        colour = vocab["colour"][int(rng.integers(len(vocab["colour"])))]
-        phrase = f"{colour} {obj}"
+    first = Content.of(words).objects
+    kinds = [_category(w) for w in first[0].split()[:-1]] if first else ["colour"]
+    if obj is not None and obj not in words and all(vocab.get(k) for k in kinds):
+        phrase = " ".join([vocab[k][int(rng.integers(len(vocab[k])))] for k in kinds] + [obj])
         cut = words.index("on") if "on" in words else len(words)
         edited = words[:cut] + ["and", *_article(phrase).split()] + words[cut:]
         tpl = TEMPLATES["add"][int(rng.integers(len(TEMPLATES["add"])))]
@@ -201,9 +241,12 @@ class SynthReport:
 
 def template_triplets(ids: Sequence[str], captions: Sequence[str],
                       embed: Callable[[list[str]], np.ndarray] | None, *, max_triplets: int, seed: int = 0,
-                      min_similarity: float = 0.9, per_caption: int = 3,
+                      min_similarity: float = 0.9, per_caption: int = 3, match: str = "words",
                       progress: Callable[[int], None] | None = None) -> SynthReport:
-    """The caption-template recipe. `embed` maps texts to L2-normalised rows (None: exact only)."""
+    """The caption-template recipe. `embed` maps texts to L2-normalised rows (None: exact only);
+    `match`: how a nearest caption is accepted as the target (see `_accepts`)."""
+    if match not in MATCHES:
+        raise ValueError(f"unknown match '{match}': {' or '.join(MATCHES)}")
     rng = np.random.default_rng(seed)
     norm = [normalise(c) for c in captions]
     exact: dict[str, list[int]] = defaultdict(list)
@@ -230,7 +273,7 @@ def template_triplets(ids: Sequence[str], captions: Sequence[str],
             order = np.take_along_axis(scores, best, axis=1).argsort(axis=1)[:, ::-1]
             best = np.take_along_axis(best, order, axis=1)  # the 8 nearest, nearest first
             for j, c in enumerate(chunk):
-                sims[id(c)] = next(((int(b), float(scores[j, b])) for b in best[j] if _accepts(c, norm[b])),
+                sims[id(c)] = next(((int(b), float(scores[j, b])) for b in best[j] if _accepts(c, norm[b], match)),
                                    (-1, float(scores[j, best[j, 0]])))
             if progress:
                 progress(len(chunk))
@@ -264,10 +307,19 @@ def template_triplets(ids: Sequence[str], captions: Sequence[str],
     return _balance(by_type, max_triplets, rng, rejected)
 
 
-def _accepts(c: Candidate, target_norm: str) -> bool:
-    """The target must show the new value and not the old one. Phrases are checked as phrases
-    where a word alone would mislead: 'purple background' (not any purple object), 'green
-    triangle' (not a green star beside a blue triangle)."""
+def _accepts(c: Candidate, target_norm: str, match: str = "words") -> bool:
+    """Whether a nearest caption may be the target of edit `c`.
+
+    words (the paper's low-quality recipe): the target shows the new value and not the old
+    one, phrases checked as phrases where a word alone would mislead ('purple background', not
+    any purple object). It accepts targets that lost or gained other objects.
+    content: when the edited caption names objects of the vocabulary, the target must say the
+    same up to word order (`Content`): the same object phrases (an 'add' keeps the reference's
+    objects, a 'remove' removes only the one, a colour goes to the object and not to the
+    background) and the same free colour words; otherwise as words."""
+    want = Content.of(c.edited.split()) if match == "content" else None
+    if want is not None and want.objects:
+        return Content.of(target_norm.split()) == want
     padded = f" {target_norm} "
     words = set(target_norm.split())
     if c.edit_type == "background":

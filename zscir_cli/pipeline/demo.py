@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from zscir_cli.data.shapes import WorldConfig
+from zscir_cli.data.synth import SYNTH_VERSION
 from zscir_cli.pipeline.backbones import open_backbone
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import load_split, prepare_shapes, resolve_gallery
@@ -37,6 +38,7 @@ class DemoConfig:
     stage2: Stage2Config = field(default_factory=lambda: Stage2Config(triplets="", **DEMO_STAGE2))
     triplets: int = DEMO_TRIPLETS  # synthetic triplets for Stage II
     triplet_mode: str = "template"  # which recipe Stage II trains on (template | scene)
+    triplet_match: str = "words"  # how template targets are accepted (zscir synth --match)
     examples: int = 4  # example queries shown and written to the HTML page
     top_k: int = 5  # results per example
     html: Path | None = Path("zscir-demo.html")
@@ -83,21 +85,23 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
     ctx.reporter.info("3/7 Stage I mapping: stage1 (VSI + soft text alignment) and pic2word (neither)")
     spec = backbone_spec(backbone_art)
     s1 = replace(cfg.stage1, data=data.key)
-    map_train(ctx, spec, s1)
-    map_train(ctx, spec, replace(s1, vsi=False, sta=False))
+    # the runs trained here are the runs used below, whatever else the cache holds
+    runs = {"stage1": map_train(ctx, spec, s1).key,
+            "pic2word": map_train(ctx, spec, replace(s1, vsi=False, sta=False)).key}
     timings["map-train"] = time.time() - t
 
     t = time.time()
     ctx.reporter.info("4/7 synthetic triplets (template and scene) and Stage II composing adapters")
     backbone = open_backbone(ctx, spec)
     triplet_files = write_demo_triplets(ctx, data.key, backbone, cfg)
-    compose_train(ctx, spec, replace(cfg.stage2, triplets=str(triplet_files[cfg.triplet_mode])))
+    runs["tscir"] = compose_train(ctx, spec, replace(cfg.stage2, triplets=str(triplet_files[cfg.triplet_mode]),
+                                                     stage1=runs["stage1"])).key
     timings["compose-train"] = time.time() - t
 
     t = time.time()
     ctx.reporter.info("5/7 indexing the test gallery")
     methods = available_methods(ctx, backbone)
-    method = load_method(ctx, methods[-1], backbone)  # the most complete method trained
+    method = load_method(ctx, methods[-1], backbone, runs.get(methods[-1]))  # the most complete method
     # the visual tokens the trained methods need (one grid: theirs is Stage I's) come from the
     # index's pass, so the evaluation below encodes nothing again
     grid = method.grid if method.needs_tokens else None
@@ -122,7 +126,7 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
 
     t = time.time()
     ctx.reporter.info("7/7 evaluating every method on the shapes test split")
-    evaluation, _ = evaluate(ctx, backbone, shapes_suite(ctx, data.key, "test"), methods)
+    evaluation, _ = evaluate(ctx, backbone, shapes_suite(ctx, data.key, "test"), methods, runs)
     timings["evaluate"] = time.time() - t
     return DemoResult(timings, backbone_art.manifest["eval"], examples, evaluation, index.key,
                       str(backbone_spec(backbone_art).pretrained))
@@ -136,6 +140,7 @@ def write_demo_triplets(ctx: Context, data_key: str, backbone, cfg: DemoConfig) 
     files = {}
     for mode in ("template", "scene"):
         config = {"data": data_key, "mode": mode, "max_triplets": cfg.triplets, "seed": cfg.stage2.seed,
+                  "version": SYNTH_VERSION, "match": cfg.triplet_match if mode == "template" else None,
                   "min_similarity": 0.9, "model": backbone.spec.identity() if mode == "template" else None}
         key = ctx.store.key_for("triplets", config)
         art = ctx.store.get("triplets", key)
@@ -145,7 +150,7 @@ def write_demo_triplets(ctx: Context, data_key: str, backbone, cfg: DemoConfig) 
                                   for i in range(0, len(texts), 512)]).numpy()
 
             report = synthesise(ctx, corpus, mode=mode, max_triplets=cfg.triplets, seed=cfg.stage2.seed,
-                                min_similarity=0.9, embed=embed)
+                                min_similarity=0.9, embed=embed, match=cfg.triplet_match)
             with ctx.store.create("triplets", key, config=config, seed=cfg.stage2.seed,
                                   description=f"{len(report.triplets)} {mode} triplets") as out:
                 write_triplets(report, corpus, out.path / "triplets.jsonl")

@@ -70,6 +70,10 @@ class Stage2Config:
     # after every epoch, R@1 and mAP@10 on the CIR val split when the triplets come from a shapes
     # world (metrics.jsonl); it changes no weight, so it is not part of the run's key
     validate: bool = True
+    # weight of a second cross-entropy over the same candidates' caption features (the base
+    # CLIP's text features of their captions): the composed query also aims at its target's
+    # caption, as the caption oracle queries; 0 turns it off (the paper's objective)
+    caption_weight: float = 0.0
 
 
 class Stage2Net(nn.Module):
@@ -115,9 +119,14 @@ def triplet_images(ctx: Context, trip: TripletFile) -> tuple[Gallery, list[str],
 
 
 def _caption_features(ctx: Context, backbone: Backbone, raw: list[str], normalised: list[str],
-                      threshold: float) -> torch.Tensor | None:
-    """Caption features for the feature-similarity test, when it is on and every image has a caption."""
-    if threshold > 1.0 or not all(normalised):
+                      cfg: Stage2Config) -> torch.Tensor | None:
+    """Caption features for the feature-similarity test or the caption loss, when either is on
+    and every image has a caption."""
+    if cfg.caption_weight > 0 and not all(normalised):
+        raise UserError(f"--caption-weight {cfg.caption_weight} needs a caption for every triplet image; "
+                        f"{sum(not c for c in normalised)} have none.",
+                        "Write the triplets with 'zscir synth' (it records both captions), or pass --caption-weight 0.")
+    if (cfg.false_negative_similarity > 1.0 and cfg.caption_weight == 0) or not all(normalised):
         return None
     return torch.from_numpy(np.asarray(FeatureSet.captions_of(ctx, backbone, raw), dtype=np.float32))
 
@@ -153,6 +162,11 @@ class ComposeLoss:
         # hit@1 logs the batch's own masked logits, exactly as the loss sees them (candidates
         # differ per batch and carry a per-query mask): an argmax, not a gallery ranking
         logs = {"compose": loss.item(), "hit@1": float((logits.argmax(1) == labels).float().mean())}
+        if self.cfg.caption_weight > 0:
+            text = self.data.caption_feats[rows].to(self.device)
+            cap_loss = nn.functional.cross_entropy(candidate_logits(q, text, same, self.cfg.temperature), labels)
+            loss = loss + self.cfg.caption_weight * cap_loss
+            logs["caption"] = cap_loss.item()
         if self.cfg.stage1_weight > 0:
             t = gather(model(self.plain.expand(len(li), -1), v, visual, compose=False).float(), self.d)
             s1_loss = info_nce(t, gather(v, self.d), self.cfg.temperature)
@@ -210,7 +224,7 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
     tokenize = partial(compose_tokens, backbone.tokenizer, placeholder=mapper.cfg.placeholder,
                        placeholder_id=mapper.cfg.placeholder_id)
     data = TripletData.from_triplets(trip.rows, feats, captions, tokenize)
-    data.caption_feats = _caption_features(ctx, backbone, raw_captions, captions, cfg.false_negative_similarity)
+    data.caption_feats = _caption_features(ctx, backbone, raw_captions, captions, cfg)
 
     seed_everything(cfg.seed)  # the adapters' initial weights follow the seed
     encoder = text_encoder(backbone, mapper.cfg.placeholder_id)

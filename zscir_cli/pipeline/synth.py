@@ -22,7 +22,7 @@ from typing import Any
 from zscir_cli.core.errors import UserError
 from zscir_cli.data import shapes
 from zscir_cli.data.captions import read_captions
-from zscir_cli.data.synth import SynthReport, scene_triplets, template_triplets
+from zscir_cli.data.synth import MATCHES, SynthReport, scene_triplets, template_triplets
 from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.datasets import find_dataset, load_split
 
@@ -72,7 +72,7 @@ def corpus_from_file(path: Path, allow_outside: bool = False) -> Corpus:
 
 
 def synthesise(ctx: Context, corpus: Corpus, *, mode: str, max_triplets: int, seed: int,
-               min_similarity: float, embed=None) -> SynthReport:
+               min_similarity: float, embed=None, match: str = "words") -> SynthReport:
     if mode == "scene":
         if corpus.scenes is None:
             raise UserError("--mode scene needs scene graphs, which only the shapes world has.",
@@ -80,9 +80,11 @@ def synthesise(ctx: Context, corpus: Corpus, *, mode: str, max_triplets: int, se
         return scene_triplets(corpus.ids, corpus.scenes, corpus.captions, max_triplets=max_triplets, seed=seed)
     if mode != "template":
         raise UserError(f"Unknown mode '{mode}'.", "Use template or scene.")
+    if match not in MATCHES:
+        raise UserError(f"Unknown --match '{match}'.", f"Use {' or '.join(MATCHES)}.")
     with ctx.reporter.task("matching edited captions", total=None) as task:
         return template_triplets(corpus.ids, corpus.captions, embed, max_triplets=max_triplets, seed=seed,
-                                 min_similarity=min_similarity, progress=lambda n: task.advance(n))
+                                 min_similarity=min_similarity, match=match, progress=lambda n: task.advance(n))
 
 
 def write_triplets(report: SynthReport, corpus: Corpus, out: Path) -> int:
