@@ -40,7 +40,7 @@ METRICS = ("R@1", "R@10", "R@50", "mAP@10")
 
 def zscir(*args: str) -> dict:
     """Run a zscir command with --json; its object (stderr passes through as progress)."""
-    out = subprocess.run(["zscir", *args, "--json"], stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(["zscir", *args, "--json"], stdout=subprocess.PIPE, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"zscir {' '.join(args)} failed with exit code {out.returncode}")
     return json.loads(out.stdout)

@@ -43,6 +43,15 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     index = json.loads((cache / "index" / res["index"] / "manifest.json").read_text())
     assert set(index["timings_s"]) == {"read_decode", "encode", "write"}
 
+    # a newer Stage I run in the same cache: the demo still composes and scores the runs it trained
+    code, out, err = cli("map-train", "--data", ev["dataset_key"], "--epochs", "1", "--batch-size", "8", "--seed", "7",
+                         "--model", "zscir-shapes-rn", "--pretrained", "latest", "--cache-dir", cache, "--json")
+    assert code == 0, err
+    newer = json.loads(out)["run"]
+    code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--json")
+    assert code == 0, err
+    assert json.loads(out)["evaluation"]["runs"] == ev["runs"] and newer not in ev["runs"].values()
+
 
 def test_demo_checks_its_html_path_before_any_work(cli, tmp_path):
     blocker = tmp_path / "file"

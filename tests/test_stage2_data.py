@@ -111,10 +111,11 @@ def test_miner_re_mines_under_a_new_model_and_k0_mines_nothing():
     assert none.negatives(np.arange(3)) == []
 
 
-def _expected_loss(q: torch.Tensor, data: TripletData, rows: list[int], tau: float) -> float:
+def _expected_loss(q: torch.Tensor, data: TripletData, rows: list[int], tau: float, turn: float = 0) -> float:
     """Cross-entropy over the candidate rows, by hand: a candidate showing the target's image or
-    caption is left out, except the query's own target (column i)."""
-    img = torch.tensor([_unit(a) for a in ANGLES])
+    caption is left out, except the query's own target (column i). Candidates are the images'
+    vectors, turned by `turn` degrees."""
+    img = torch.tensor([_unit(a + turn) for a in ANGLES])
     total = 0.0
     for i in range(len(q)):
         tgt = int(data.tgt[i])
@@ -142,3 +143,22 @@ def test_compose_loss_candidates(k):
         rows = with_refs + miner.mined.reshape(-1).tolist()
         assert loss.item() == pytest.approx(_expected_loss(model.q, data, rows, 0.5), rel=1e-4)
     assert logs["compose"] == pytest.approx(loss.item()) and 0 <= logs["hit@1"] <= 1
+
+
+def test_caption_loss_is_the_same_cross_entropy_over_the_candidates_caption_features():
+    # caption features: the images' own vectors turned by 90 degrees, so they differ from the images
+    caps = torch.tensor([_unit(a + 90) for a in ANGLES])
+    data = _data(caps)
+    model = FixedQueries([25, 100, 5])
+    miner = HardNegativeMiner(data, 0, 2.0, False, CPU)
+    plain = torch.zeros(1, 4, dtype=torch.long)
+    args = (model, torch.arange(3), torch.arange(3))
+    base, _ = ComposeLoss(data, miner, Stage2Config(triplets="", hard_negatives=0, temperature=0.5), plain, False,
+                          CPU, Dist())(*args)
+    cfg = Stage2Config(triplets="", hard_negatives=0, temperature=0.5, caption_weight=0.5)
+    loss, logs = ComposeLoss(data, miner, cfg, plain, False, CPU, Dist())(*args)
+    # the same candidates (the batch's targets, likely false negatives masked) with caption features
+    expected = _expected_loss(model.q, data, data.tgt.tolist(), 0.5, turn=90)
+    assert expected != pytest.approx(base.item(), rel=1e-2)
+    assert logs["caption"] == pytest.approx(expected, rel=1e-3)
+    assert loss.item() == pytest.approx(base.item() + 0.5 * logs["caption"], rel=1e-4)

@@ -227,3 +227,50 @@ def test_write_triplets_refuses_images_gone_since_the_captions_were_read(tmp_pat
     Image.new("RGB", (8, 8)).save(b)
     write_triplets(report, Corpus([str(a), str(b)], ["x", "y"], None, None), out)
     assert json.loads(out.read_text())["target"] == "b.png"
+
+
+SHAPE_CAPTIONS = [
+    "a small green circle on a white background",  # 0
+    "a small green triangle on a white background",  # 1: 0 with the circle replaced, not added to
+    "a small green circle and a large red star on a white background",  # 2: 0 with a red star added
+    "a large red star on a black background",  # 3
+    "a large black star on a white background",  # 4 (no scene here has a black object otherwise)
+    "a small red circle on a black background",  # 5: 0 recoloured red, background black too
+    "a small red circle on a white background",  # 6: 0 recoloured red
+]
+
+
+def _bag_embed(texts):
+    """Bag of words over every word the captions and their edits use, normalised."""
+    vocab = sorted({w for t in texts for w in normalise(t).split()} | set(" ".join(SHAPE_CAPTIONS).split()))
+    out = np.zeros((len(texts), len(vocab)), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in normalise(t).split():
+            out[i, vocab.index(w)] += 1
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_match_content_keeps_the_reference_objects_and_the_background():
+    ids = [f"s{i}" for i in range(len(SHAPE_CAPTIONS))]
+    got = {"words": set(), "content": set()}
+    for match in got:
+        for seed in range(40):
+            rep = template_triplets(ids, SHAPE_CAPTIONS, _bag_embed, max_triplets=100, seed=seed,
+                                    min_similarity=0.3, per_caption=5, match=match)
+            got[match] |= {(t.reference, t.target, t.edit_type, t.new) for t in rep.triplets}
+    # words: an 'add' whose target lost the reference's circle, a recolouring that changed the background
+    wrong = {("s0", "s1", "add"), ("s0", "s5", "replace")}
+    assert wrong & {k[:3] for k in got["words"]}
+    # content: the target names the edited caption's objects and colours, up to word order
+    assert not wrong & {k[:3] for k in got["content"]}
+    assert ("s0", "s2", "add", "large red star") in got["content"]  # the added object has the caption's modifiers
+    assert ("s0", "s6", "replace", "red") in got["content"]
+    for t in (t for seed in range(5) for t in template_triplets(
+            ids, SHAPE_CAPTIONS, _bag_embed, max_triplets=100, seed=seed, min_similarity=0.3, per_caption=5,
+            match="content").triplets):
+        assert t.new not in ("white", "black") or t.edit_type == "background"  # background colours stay backgrounds
+
+
+def test_unknown_match_is_refused():
+    with pytest.raises(ValueError, match="unknown match"):
+        template_triplets(IDS, CAPTIONS, None, max_triplets=5, match="exact")

@@ -1,0 +1,99 @@
+"""Where the composed query fails on the shapes lab: what its first result is, and what that
+result shares with the target.
+
+For each method (stage1, tscir and the caption oracle) on the shapes test split of a demo's cache:
+
+1. the first-ranked image of each query (reference removed): the right target, this query's
+   own near miss (the reference's layout with one other attribute changed) or wrong-value
+   image, or an image made for another query;
+2. for first results that are wrong: how often they agree with the target on the background,
+   the number of objects, the colours, the shapes, the (colour, shape) kinds and the sizes;
+3. removals: how often the first result still shows the removed object (its colour and shape),
+   against how often the target's own gallery neighbours do by chance (`image` method).
+
+    python benchmarks/where_it_fails.py --cache-dir DIR [--stage1 RUN] [--tscir RUN]
+
+DIR is a cache that `zscir demo` filled; RUN pins a run (default: the newest of each method).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter, defaultdict
+
+from zscir_cli.cli.common import make_context
+from zscir_cli.data import shapes
+from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+from zscir_cli.pipeline.datasets import load_split
+from zscir_cli.pipeline.evaluate import oracle_result, rank_split, shapes_suite
+from zscir_cli.pipeline.methods import load_method
+
+
+def facts(s: shapes.Scene) -> dict:
+    return {"background": s.background, "objects": len(s.objects),
+            "colours": sorted(o.colour for o in s.objects), "shapes": sorted(o.shape for o in s.objects),
+            "kinds": sorted((o.colour, o.shape) for o in s.objects),
+            "sizes": sorted((o.colour, o.shape, o.size) for o in s.objects)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache-dir", required=True)
+    ap.add_argument("--stage1")
+    ap.add_argument("--tscir")
+    args = ap.parse_args()
+    ctx = make_context(args.cache_dir, "cpu", None)
+    backbone = open_backbone(ctx, resolve_spec(ctx, "zscir-shapes-rn", "latest"))
+    data = next(a for a in ctx.store.list("dataset") if a.manifest.get("name") == "shapes")
+    suite = shapes_suite(ctx, data.key, "test")
+    gallery = load_split(data, "gallery", "test")
+    role = dict(zip(gallery["id"], gallery["role"]))
+    scene = {i: shapes.Scene.from_json(s) for i, s in zip(gallery["id"], gallery["scene"])}
+    queries = load_split(data, "cir", "test")
+    removed = dict(zip(queries["query_id"], queries["old"]))  # 'small red circle' for a removal
+    refs = {q.reference: i for i, q in enumerate(suite.queries)}
+    owner, cur = {}, None
+    for g in gallery["id"]:  # a query's images follow its reference in the gallery
+        cur = refs.get(g, cur)
+        owner[g] = cur
+
+    tops = {}
+    for name, run in (("image", None), ("stage1", args.stage1), ("tscir", args.tscir)):
+        tops[name] = rank_split(ctx, backbone, load_method(ctx, name, backbone, run), suite).top
+    tops["oracle"] = oracle_result(ctx, backbone, suite)[1].top
+
+    print("first result of each query (% of queries):")
+    for name in ("stage1", "tscir", "oracle"):
+        c: Counter = Counter()
+        for i, (q, top) in enumerate(zip(suite.queries, tops[name])):
+            first = top[0]
+            c["right" if first in q.targets else ("own " if owner[first] == i else "another query's ")
+              + role[first]] += 1
+        print(f"  {name:7s}", ", ".join(f"{k} {100 * v / len(suite.queries):.1f}" for k, v in c.most_common()))
+
+    print("\nwrong first results agreeing with the target on (%):")
+    for name in ("stage1", "tscir", "oracle"):
+        agree: Counter = Counter()
+        wrong = 0
+        for q, top in zip(suite.queries, tops[name]):
+            if top[0] in q.targets:
+                continue
+            wrong += 1
+            a, b = facts(scene[top[0]]), facts(scene[q.target])
+            for k in a:
+                agree[k] += a[k] == b[k]
+        print(f"  {name:7s} ({wrong} wrong)", ", ".join(f"{k} {100 * v / max(wrong, 1):.0f}" for k, v in agree.items()))
+
+    print("\nremovals: first results that still show the removed object (colour and shape), %:")
+    shown = defaultdict(list)
+    for name in ("image", "stage1", "tscir", "oracle"):
+        for q, top in zip(suite.queries, tops[name]):
+            if q.edit != "remove":
+                continue
+            _, colour, shape = removed[q.qid].split()
+            shown[name].append(any(o.colour == colour and o.shape == shape for o in scene[top[0]].objects))
+    print("  " + ", ".join(f"{n} {100 * sum(v) / len(v):.0f}" for n, v in shown.items()) + f" ({len(shown['tscir'])} removals)")
+
+
+if __name__ == "__main__":
+    main()
