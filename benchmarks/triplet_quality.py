@@ -12,7 +12,7 @@ Prints, by edit type, the triplets kept, their exact-caption targets, the wrong 
 scene can show, and targets that are not the edited scene) and the share wrong; last line
 `wrong: X% of N triplets`.
 
-    python benchmarks/triplet_quality.py [--seed S] [--max-triplets N] [--train-pairs P]
+    python benchmarks/triplet_quality.py [--seed S] [--max-triplets N] [--train-pairs P] [--match content]
         [--exact-only | --model M --pretrained P --cache-dir DIR | --pretrain-steps K]
         [--triplets FILE --cache-dir DIR]
 
@@ -167,6 +167,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20, help="--pretrain-steps: the world's CIR queries")
     ap.add_argument("--min-similarity", type=float, default=0.9)
     ap.add_argument("--exact-only", action="store_true")
+    ap.add_argument("--match", choices=("words", "content"), default="words", help="zscir synth --match")
     ap.add_argument("--model")
     ap.add_argument("--pretrained")
     ap.add_argument("--pretrain-steps", type=int, default=0)
@@ -190,7 +191,7 @@ def main() -> None:
             embed, how = _embedder(args, ctx)
             report = template_triplets([r["id"] for r in records], [r["caption"] for r in records], embed,
                                        max_triplets=args.max_triplets, seed=args.seed,
-                                       min_similarity=args.min_similarity)
+                                       min_similarity=args.min_similarity, match=args.match)
             rows = [t.to_json() for t in report.triplets]
     print(f"shapes world seed {args.seed}, {len(scenes)} captions; template triplets, matching: {how}")
     print("\n".join(format_table(check_triplets(rows, scenes))))

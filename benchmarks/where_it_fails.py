@@ -1,7 +1,14 @@
 """Where the composed query fails on the shapes lab: what its first result is, and what that
 result shares with the target.
 
-For each method (stage1, tscir and the caption oracle) on the shapes test split of a demo's cache:
+On the shapes test split of a demo's cache:
+
+0. what the pseudo-word carries: each gallery image's "a photo of $" (pic2word's and stage1's
+   mappers) ranks the gallery's distinct captions by text feature; caption R@1 against the
+   image feature itself ranking them (the base CLIP's zero-shot ceiling), and the share of
+   first captions that get the background, the colours and the shapes right.
+
+For each method (stage1, tscir and the caption oracle):
 
 1. the first-ranked image of each query (reference removed): the right target, this query's
    own near miss (the reference's layout with one other attribute changed) or wrong-value
@@ -36,6 +43,56 @@ def facts(s: shapes.Scene) -> dict:
             "sizes": sorted((o.colour, o.shape, o.size) for o in s.objects)}
 
 
+def pseudo_word_probe(ctx, backbone, suite, scene) -> None:
+    import numpy as np
+    import torch
+
+    from zscir_cli.model.mapping import PROMPT
+    from zscir_cli.model.text import TextEncoder
+    from zscir_cli.pipeline.features import FeatureSet
+    from zscir_cli.pipeline.galleries import encode_once
+
+    gallery = suite.galleries[""]
+    captions = sorted({shapes.caption(s) for s in scene.values()})
+    row = {c: i for i, c in enumerate(captions)}
+    own = np.array([row[shapes.caption(scene[g])] for g in gallery.ids])
+    text = torch.cat([backbone.encode_texts(captions[i:i + 512]).cpu() for i in range(0, len(captions), 512)]).numpy()
+    print("what the pseudo-word carries: 'a photo of $' ranking the test gallery's "
+          f"{len(captions)} distinct captions ({len(own)} images):")
+    for name in ("image", "pic2word", "stage1"):
+        method = load_method(ctx, name, backbone)
+        grid = method.grid if method.needs_tokens else None
+        feats = FeatureSet.open(encode_once(ctx, backbone, gallery, index=True, grid=grid or 4).features)
+        v = torch.nn.functional.normalize(torch.from_numpy(np.asarray(feats.image, dtype=np.float32)), dim=-1)
+        if method.mapper is None:
+            q = v.numpy()
+        else:
+            cfg = method.mapper.cfg
+            encoder = TextEncoder(backbone.model, cfg.placeholder_id)
+            tokens = backbone.tokenizer([PROMPT.replace("$", cfg.placeholder)])
+            with torch.inference_mode():
+                q = torch.cat([method.mapper.encode(
+                    encoder, tokens.expand(len(v[s:s + 256]), -1), v[s:s + 256],
+                    torch.from_numpy(np.asarray(feats.tokens[s:s + 256], dtype=np.float32)) if grid else None)
+                    for s in range(0, len(v), 256)]).numpy()
+        first = (q @ text.T).argmax(1)
+        right = Counter()
+        for g, f in zip(gallery.ids, first):
+            got, want = shapes.Scene.from_json(_scene_json(captions[f], scene)), scene[g]
+            a, b = facts(got), facts(want)
+            for k in ("background", "colours", "shapes"):
+                right[k] += a[k] == b[k]
+        print(f"  {name:8s} caption R@1 {100 * float(np.mean(first == own)):.1f}; first caption right on "
+              + ", ".join(f"{k} {100 * v / len(own):.0f}%" for k, v in right.items()))
+
+
+def _scene_json(caption: str, scene: dict) -> str:
+    """The scene a gallery caption was written from (captions of the gallery are distinct per scene)."""
+    if not hasattr(_scene_json, "by"):
+        _scene_json.by = {shapes.caption(s): s.to_json() for s in scene.values()}
+    return _scene_json.by[caption]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache-dir", required=True)
@@ -56,6 +113,8 @@ def main() -> None:
     for g in gallery["id"]:  # a query's images follow its reference in the gallery
         cur = refs.get(g, cur)
         owner[g] = cur
+
+    pseudo_word_probe(ctx, backbone, suite, scene)
 
     tops = {}
     for name, run in (("image", None), ("stage1", args.stage1), ("tscir", args.tscir)):

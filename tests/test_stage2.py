@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
 from zscir_cli.model.backbone import ModelSpec, load_backbone
@@ -195,6 +196,15 @@ def test_compose_train_bad_input(cli, cache, tmp_path):
     assert code == 2 and "Captions file not found" in err
     code, _, err = cli("synth", "--out", good, "--cache-dir", cache)
     assert code == 2 and "exactly one of --data and --captions" in err
+    code, _, err = cli("synth", "--data", "shapes", "--match", "exact", "--out", good, "--cache-dir", cache)
+    assert code == 2 and "Unknown --match 'exact'" in err and "words or content" in err
+    # a hand-written file without captions cannot aim at its targets' captions
+    for name in ("r.png", "t.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text('{"reference": "r.png", "target": "t.png", "modification": "make it red"}\n')
+    code, _, err = cli("compose-train", "--triplets", bare, *TINY, "--caption-weight", "1", "--cache-dir", cache)
+    assert code == 2 and "--caption-weight 1.0 needs a caption for every triplet image; 2 of 2 have none" in err
 
 
 

@@ -42,6 +42,7 @@ def synth(
     """Write (reference, modification, target) triplets by template edits, without a language model."""
     from zscir_cli.core.errors import UserError
     from zscir_cli.pipeline.synth import (
+        check_options,
         corpus_from_dataset,
         corpus_from_file,
         synthesise,
@@ -49,6 +50,7 @@ def synth(
     )
 
     ctx = make_context(cache_dir, device)
+    check_options(mode, match)
     if (data is None) == (captions is None):
         raise UserError("Give exactly one of --data and --captions.",
                         "e.g. --data shapes, or --captions captions.jsonl.")

@@ -122,10 +122,6 @@ def _caption_features(ctx: Context, backbone: Backbone, raw: list[str], normalis
                       cfg: Stage2Config) -> torch.Tensor | None:
     """Caption features for the feature-similarity test or the caption loss, when either is on
     and every image has a caption."""
-    if cfg.caption_weight > 0 and not all(normalised):
-        raise UserError(f"--caption-weight {cfg.caption_weight} needs a caption for every triplet image; "
-                        f"{sum(not c for c in normalised)} have none.",
-                        "Write the triplets with 'zscir synth' (it records both captions), or pass --caption-weight 0.")
     if (cfg.false_negative_similarity > 1.0 and cfg.caption_weight == 0) or not all(normalised):
         return None
     return torch.from_numpy(np.asarray(FeatureSet.captions_of(ctx, backbone, raw), dtype=np.float32))
@@ -219,6 +215,11 @@ def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: b
     s1 = find_stage1(ctx, backbone.spec, "stage1", cfg.stage1)
     mapper = load_mapper(s1, device)
     gallery, raw_captions, inputs = triplet_images(ctx, trip)
+    missing = sum(not normalise(c) for c in raw_captions)
+    if cfg.caption_weight > 0 and missing:  # before any image is encoded
+        raise UserError(f"--caption-weight {cfg.caption_weight} needs a caption for every triplet image; "
+                        f"{missing} of {len(raw_captions)} have none in {cfg.triplets}.",
+                        "Write the triplets with 'zscir synth' (it records both captions), or pass --caption-weight 0.")
     feats = shared_features(ctx, backbone, gallery, d, mapper.cfg.grid)
     captions = [normalise(c) for c in raw_captions]
     tokenize = partial(compose_tokens, backbone.tokenizer, placeholder=mapper.cfg.placeholder,

@@ -71,6 +71,14 @@ def corpus_from_file(path: Path, allow_outside: bool = False) -> Corpus:
     return Corpus(ids, caps, None, None)
 
 
+def check_options(mode: str, match: str) -> None:
+    """Refuse an unknown --mode or --match before any model loads."""
+    if mode not in ("template", "scene"):
+        raise UserError(f"Unknown mode '{mode}'.", "Use template or scene.")
+    if match not in MATCHES:
+        raise UserError(f"Unknown --match '{match}'.", f"Use {' or '.join(MATCHES)}.")
+
+
 def synthesise(ctx: Context, corpus: Corpus, *, mode: str, max_triplets: int, seed: int,
                min_similarity: float, embed=None, match: str = "words") -> SynthReport:
     if mode == "scene":
@@ -78,10 +86,7 @@ def synthesise(ctx: Context, corpus: Corpus, *, mode: str, max_triplets: int, se
             raise UserError("--mode scene needs scene graphs, which only the shapes world has.",
                             "Use --mode template, or --data shapes.")
         return scene_triplets(corpus.ids, corpus.scenes, corpus.captions, max_triplets=max_triplets, seed=seed)
-    if mode != "template":
-        raise UserError(f"Unknown mode '{mode}'.", "Use template or scene.")
-    if match not in MATCHES:
-        raise UserError(f"Unknown --match '{match}'.", f"Use {' or '.join(MATCHES)}.")
+    check_options(mode, match)
     with ctx.reporter.task("matching edited captions", total=None) as task:
         return template_triplets(corpus.ids, corpus.captions, embed, max_triplets=max_triplets, seed=seed,
                                  min_similarity=min_similarity, match=match, progress=lambda n: task.advance(n))
