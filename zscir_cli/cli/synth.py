@@ -13,6 +13,20 @@ from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained, See
 from zscir_cli.data.captions import FORMAT_HELP
 
 
+def _embedder(ctx, model: str | None, pretrained: str | None):
+    """The backbone's caption embedding, for nearest-caption targets."""
+    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+
+    backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
+
+    def embed(texts: list[str]):
+        import torch
+
+        return torch.cat([backbone.encode_texts(texts[i:i + 512]).cpu() for i in range(0, len(texts), 512)]).numpy()
+
+    return embed
+
+
 def synth(
     data: Annotated[str | None, typer.Option(help="Prepared image-caption data set (its train split).",
                                                 show_default=False)] = None,
@@ -56,18 +70,7 @@ def synth(
                         "e.g. --data shapes, or --captions captions.jsonl.")
     corpus = corpus_from_dataset(ctx, data) if data else \
         corpus_from_file(captions, allow_outside=allow_outside)  # type: ignore[arg-type]
-    embed = None
-    if mode == "template" and not exact_only:
-        from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
-
-        backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
-
-        def embed(texts: list[str]):
-            import torch
-
-            return torch.cat([backbone.encode_texts(texts[i:i + 512]).cpu()
-                              for i in range(0, len(texts), 512)]).numpy()
-
+    embed = _embedder(ctx, model, pretrained) if mode == "template" and not exact_only else None
     report = synthesise(ctx, corpus, mode=mode, max_triplets=max_triplets, seed=seed,
                         min_similarity=min_similarity, embed=embed, match=match)
     if not report.triplets:
