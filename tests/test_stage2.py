@@ -41,7 +41,7 @@ def test_zero_initialised_adapters_leave_the_stage1_encoder_unchanged():
 
 
 def test_adapter_layers_outside_the_depth():
-    with pytest.raises(ValueError, match=r"Adapter layers 7 outside the text encoder's depth \(blocks 1..4\)"):
+    with pytest.raises(ValueError, match=r"Adapter layers 7 outside the text encoder.s depth \(blocks 1..4; 0: on the token embeddings\)"):
         ComposingAdapters(AdapterConfig(64, 4, 8, [1, 7]))
 
 
@@ -190,8 +190,8 @@ def test_compose_train_bad_input(cli, cache, tmp_path):
     assert code == 2 and "No stage1 run (Stage I) trained on zscir-tiny-rn" in err
     code, _, err = cli("compose-train", "--triplets", good, *TINY, "--adapter-layers", "1,7", "--batch-size", "16",
                        "--cache-dir", cache, "--workers", "0")
-    assert code == 2 and "Adapter layers 7 outside the text encoder's depth (blocks 1..4)" in err
-    assert "Choose --adapter-layers between 1 and 4" in err
+    assert code == 2 and "Adapter layers 7 outside the text encoder's depth (blocks 1..4; 0: on the token" in err
+    assert "Choose --adapter-layers between 0 and 4" in err
     code, _, err = cli("synth", "--captions", tmp_path / "none.csv", "--out", good, "--cache-dir", cache)
     assert code == 2 and "Captions file not found" in err
     code, _, err = cli("synth", "--out", good, "--cache-dir", cache)

@@ -22,6 +22,8 @@ def compose_train(
     adapter_dim: Annotated[int, typer.Option(min=1, help="Adapter bottleneck width.")] = 64,
     adapter_layers: Annotated[str | None, typer.Option(help="Text blocks followed by an adapter, e.g. "
                                                           "1,2 [default: every block].", show_default=False)] = None,
+    embedding_adapter: Annotated[bool, typer.Option(
+        help="Also an adapter on the token embeddings, before the first block (off: the paper's adapters).")] = True,
     hard_negatives: Annotated[int | None, typer.Option(
         min=0, help="K mined negatives per query, re-mined every epoch, besides its reference image; 0: in-batch "
                     "negatives only.  [default: 8]", show_default=False)] = None,
@@ -62,7 +64,8 @@ def compose_train(
     k = 0 if no_hard_negatives else (8 if hard_negatives is None else hard_negatives)
     ctx = make_context(cache_dir, device, workers)
     cfg = Stage2Config(triplets=str(triplets), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                       adapter_dim=adapter_dim, adapter_layers=_layers(adapter_layers), hard_negatives=k,
+                       adapter_dim=adapter_dim, adapter_layers=_layers(adapter_layers),
+                       embedding_adapter=embedding_adapter, hard_negatives=k,
                        tune_stage1=tune_stage1,
                        false_negative_similarity=false_negative_similarity,
                        stage1_weight=stage1_weight, caption_weight=caption_weight, temperature=temperature, stage1=stage1, skip_bad=skip_bad,

@@ -20,6 +20,9 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run in seconds, to check the "
                                         "installation (its numbers mean nothing).")] = False,
     html: Annotated[Path, typer.Option(help="Where to write the example queries' HTML page.")] = Path("zscir-demo.html"),
+    recipe: Annotated[str, typer.Option(
+        help="Stage II: lab (scene-graph triplets, an adapter on the token embeddings too) or paper (caption-"
+             "template triplets, adapters after the text blocks only, as the paper describes).")] = "lab",
     json_out: Json = False,
     serve: Annotated[bool, typer.Option(
         "--serve", help="Then serve the demo's gallery with 'zscir serve' (a page to query and walk it).")] = False,
@@ -35,6 +38,10 @@ def demo(
     from zscir_cli.pipeline.report import check_output
 
     start = time.time()
+    if recipe not in ("lab", "paper"):
+        from zscir_cli.core.errors import UserError
+
+        raise UserError(f"Unknown --recipe '{recipe}'.", "Use lab or paper.")
     html = check_output(html)  # a bad path fails now, not after minutes of training
     if serve:  # so does a busy port
         from zscir_cli.cli.serve import bind
@@ -46,6 +53,8 @@ def demo(
         cfg = cfg.with_seed(seed)
     if steps is not None:
         cfg.pretrain = replace(cfg.pretrain, steps=steps)
+    if recipe == "paper":
+        cfg = cfg.paper_recipe()
     cfg.html = html
     res = run_demo(ctx, cfg)
     total = time.time() - start

@@ -1,7 +1,9 @@
 """Stage II modules: composing adapters in the text encoder.
 
 A bottleneck adapter after a text block: h + W_up(GELU(W_down(LN(h)))). W_up starts at zero,
-so a fresh set of adapters leaves the Stage I encoder exactly as it was.
+so a fresh set of adapters leaves the Stage I encoder exactly as it was. Layer 0 is an adapter
+on the token embeddings (positions added), before the first block: it lets Stage II re-map
+the words of modification texts, which a text tower may know poorly, before any attention.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class AdapterConfig:
     width: int  # text token width W
     depth: int  # blocks in the text tower
     dim: int = 64  # bottleneck width
-    layers: list[int] = field(default_factory=list)  # 1-based blocks followed by an adapter
+    layers: list[int] = field(default_factory=list)  # 1-based blocks followed by an adapter; 0: embeddings
 
 
 class Adapter(nn.Module):
@@ -43,10 +45,10 @@ class ComposingAdapters(nn.Module):
     def __init__(self, cfg: AdapterConfig):
         super().__init__()
         layers = cfg.layers or list(range(1, cfg.depth + 1))
-        bad = [i for i in layers if not 1 <= i <= cfg.depth]
+        bad = [i for i in layers if not 0 <= i <= cfg.depth]
         if bad:
             raise ValueError(f"Adapter layers {','.join(map(str, bad))} outside the text encoder's depth "
-                             f"(blocks 1..{cfg.depth}).")
+                             f"(blocks 1..{cfg.depth}; 0: on the token embeddings).")
         self.cfg = AdapterConfig(cfg.width, cfg.depth, cfg.dim, layers)
         self.blocks = nn.ModuleDict({str(i): Adapter(cfg.width, cfg.dim) for i in layers})
 

@@ -81,7 +81,8 @@ class TextEncoder(nn.Module):
         `placeholder_mask` (B, L) marks the positions that take `pseudo` (and that VSI hooks see);
         None marks every placeholder token.
 
-        `block_hooks[i]` run after block i (1-based, as the paper counts layers).
+        `block_hooks[i]` run after block i (1-based, as the paper counts layers); `block_hooks[0]`
+        run on the token embeddings (with positions added), before the first block.
         `truncate` drops the padding after the batch's last end-of-text token before running the
         tower. Under CLIP's causal mask no position attends to a later one, so the pooled
         end-of-text feature is the same (up to float rounding), while "a photo of $" costs 6
@@ -101,6 +102,8 @@ class TextEncoder(nn.Module):
             x = torch.where(mask.unsqueeze(-1), pseudo.to(cast_dtype).unsqueeze(1), x)
         x = x + pos.to(cast_dtype)
         batch_first = getattr(clip.transformer, "batch_first", True)
+        for hook in (block_hooks or {}).get(0, ()):
+            x = hook(x, tokens, mask)
         if not batch_first:
             x = x.transpose(0, 1)
         for i, block in enumerate(clip.transformer.resblocks, start=1):

@@ -55,7 +55,9 @@ class Stage2Config:
     weight_decay: float = 0.01
     seed: int = 0
     adapter_dim: int = 64  # bottleneck width
-    adapter_layers: list[int] | None = None  # 1-based blocks; None = every block
+    adapter_layers: list[int] | None = None  # 1-based blocks followed by an adapter; None = every block
+    # also an adapter on the token embeddings (layer 0), before the first block; off: the paper's
+    embedding_adapter: bool = True
     # K mined negatives per query, besides its reference image; 0: in-batch negatives only
     hard_negatives: int = 8
     tune_stage1: bool = False  # unfreeze the Stage I mapper (the run then stores its own copy)
@@ -172,17 +174,20 @@ class ComposeLoss:
 
 
 def build_adapters(encoder: TextEncoder, cfg: Stage2Config) -> ComposingAdapters:
+    layers = list(cfg.adapter_layers or range(1, encoder.depth + 1))
+    if cfg.embedding_adapter and 0 not in layers:
+        layers = [0, *layers]
     try:
-        return ComposingAdapters(AdapterConfig(encoder.width, encoder.depth, cfg.adapter_dim,
-                                               cfg.adapter_layers or []))
+        return ComposingAdapters(AdapterConfig(encoder.width, encoder.depth, cfg.adapter_dim, layers))
     except ValueError as e:
-        raise UserError(str(e), f"Choose --adapter-layers between 1 and {encoder.depth}.") from e
+        raise UserError(str(e), f"Choose --adapter-layers between 0 and {encoder.depth}.") from e
 
 
 def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifact, data: TripletData,
                 adapters: ComposingAdapters, inputs: list[dict], skipped: int) -> TrainSpec:
     config = {k: v for k, v in asdict(cfg).items()
-              if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths", "validate")}
+              if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths", "validate",
+                           "embedding_adapter")}  # the last is in adapter_layers (0), as resolved
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
                    "triplets_sha256": file_sha256(Path(cfg.triplets)), "triplets": len(data),
                    "adapter_layers": adapters.cfg.layers, "world_size": world_size()})
