@@ -87,3 +87,14 @@ def test_demo_seed_reaches_every_stage():
     assert {cfg.world.seed, cfg.pretrain.seed, cfg.stage1.seed, cfg.stage2.seed} == {7}
     quick = DemoConfig.quick(3)
     assert {quick.world.seed, quick.pretrain.seed, quick.stage1.seed, quick.stage2.seed} == {3}
+
+
+def test_demo_recipes(cli, tmp_path):
+    from zscir_cli.pipeline.demo import DemoConfig
+
+    lab, paper = DemoConfig(), DemoConfig().paper_recipe()
+    assert (lab.triplet_mode, lab.stage2.embedding_adapter) == ("scene", True)
+    assert (paper.triplet_mode, paper.stage2.embedding_adapter) == ("template", False)
+    assert paper.stage1 == lab.stage1 and paper.stage2.lr == lab.stage2.lr  # only Stage II's recipe differs
+    code, _, err = cli("demo", "--recipe", "mine", "--cache-dir", tmp_path / "cache")
+    assert code == 2 and "Unknown --recipe 'mine'" in err and not (tmp_path / "cache").exists()

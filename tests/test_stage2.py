@@ -38,6 +38,23 @@ def test_zero_initialised_adapters_leave_the_stage1_encoder_unchanged():
         assert torch.equal(mapper.encode(enc, tokens, v, vis, extra_hooks=adapters.hooks()), base)
         adapters.blocks["3"].up.weight.normal_()
         assert not torch.allclose(mapper.encode(enc, tokens, v, vis, extra_hooks=adapters.hooks()), base)
+        # layer 0: on the token embeddings, before the first block; zero-initialised, it changes nothing
+        embedding = ComposingAdapters(AdapterConfig(64, 4, dim=8, layers=[0]))
+        assert torch.equal(mapper.encode(enc, tokens, v, vis, extra_hooks=embedding.hooks()), base)
+        seen = []
+        embedding.blocks["0"].up.bias.fill_(0.5)
+        embedding.blocks["0"].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape))
+        moved = mapper.encode(enc, tokens, v, vis, extra_hooks=embedding.hooks())
+        assert not torch.allclose(moved, base) and seen == [(2, tokens.argmax(-1).max() + 1, 64)]
+
+
+def test_compose_train_puts_an_adapter_on_the_token_embeddings_unless_told_not_to():
+    from zscir_cli.pipeline.stage2 import Stage2Config, build_adapters
+
+    enc = TextEncoder(load_backbone(ModelSpec("zscir-tiny-vit", "none")).model, 1)
+    assert build_adapters(enc, Stage2Config(triplets="")).cfg.layers == [0, 1, 2, 3, 4]
+    assert build_adapters(enc, Stage2Config(triplets="", embedding_adapter=False)).cfg.layers == [1, 2, 3, 4]
+    assert build_adapters(enc, Stage2Config(triplets="", adapter_layers=[2], embedding_adapter=False)).cfg.layers == [2]
 
 
 def test_adapter_layers_outside_the_depth():
