@@ -83,7 +83,12 @@ def test_stage2_validates_every_epoch_without_changing_the_weights(cli, trained,
     val = ShapesValidation.open(ctx, backbone, dataset, method.grid)
     got = val(Stage2Net(method.mapper, method.adapters, None, False).train())
     assert torch.equal(torch.get_rng_state(), state)
-    assert got == {"val_R@1": records[-1]["val_R@1"], "val_mAP@10": records[-1]["val_mAP@10"]}
+    assert got == {k: v for k, v in records[-1].items() if k.startswith("val_")}
+    edits = {k for k in got if k.startswith("val_R@1_")}
+    assert edits == {"val_R@1_add", "val_R@1_background", "val_R@1_colour", "val_R@1_remove", "val_R@1_shape",
+                     "val_R@1_size"}
+    by_edit = tscir["by_edit_R@1"]
+    assert all(records[-1][f"val_R@1_{e}"] == pytest.approx(by_edit[e]) for e in by_edit)
 
     again = _train(cache, trained / "t.jsonl", validate=False)  # the same run key, trained again
     assert again.key == run.key

@@ -69,7 +69,7 @@ class Stage2Config:
     stage1: str | None = None  # Stage I run key; None = the newest stage1 run of the backbone
     skip_bad: bool = False  # leave out triplets whose image files are missing
     allow_outside_paths: bool = False  # accept image paths that leave the triplet file's folder
-    # after every epoch, R@1 and mAP@10 on the CIR val split when the triplets come from a shapes
+    # after every epoch, R@1 (overall and per edit type) and mAP@10 on the CIR val split when the triplets come from a shapes
     # world (metrics.jsonl); it changes no weight, so it is not part of the run's key
     validate: bool = True
     # weight of a second cross-entropy over the same candidates' caption features (the base

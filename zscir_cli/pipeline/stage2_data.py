@@ -185,6 +185,7 @@ class ShapesValidation:
     texts: list[str]  # the modifications
     exclude: list[list[int]]  # each query's reference row
     positives: list[set[int]]  # each query's ground-truth rows
+    edits: list[str]  # each query's edit type
 
     @staticmethod
     def open(ctx, backbone: Backbone, dataset, grid: int | None) -> ShapesValidation | None:
@@ -209,7 +210,8 @@ class ShapesValidation:
         feats = np.stack([writer.v[i] for i in range(len(gallery))])
         tokens = np.stack([writer.tokens[r] for r in refs]) if grid is not None else None
         return ShapesValidation(backbone, feats, feats[refs], tokens, list(rows["modification"]),
-                                [[r] for r in refs], [{row[g] for g in gt} for gt in rows["ground_truth"]])
+                                [[r] for r in refs], [{row[g] for g in gt} for gt in rows["ground_truth"]],
+                                list(rows["edit_type"]))
 
     def __call__(self, net: nn.Module) -> dict[str, float]:
         from zscir_cli.eval.metrics import map_at_k, recall_at_k
@@ -224,4 +226,8 @@ class ShapesValidation:
             queries = method.encode(self.ref_v, self.texts, self.ref_tokens)
         net.train(was)
         ranked, _ = search.rank(self.gallery, queries, 10, exclude=self.exclude)
-        return {"val_R@1": recall_at_k(ranked, self.positives, 1), "val_mAP@10": map_at_k(ranked, self.positives, 10)}
+        out = {"val_R@1": recall_at_k(ranked, self.positives, 1), "val_mAP@10": map_at_k(ranked, self.positives, 10)}
+        for edit in sorted(set(self.edits)):  # what each kind of edit has learnt so far
+            rows = [i for i, e in enumerate(self.edits) if e == edit]
+            out[f"val_R@1_{edit}"] = recall_at_k(ranked[rows], [self.positives[i] for i in rows], 1)
+        return out
