@@ -52,7 +52,8 @@ def zscir(*args: str) -> dict:
 
 
 def evaluate(cache: str, method: str, run: str) -> dict:
-    ev = zscir("eval", "shapes", *MODEL, "--cache-dir", cache, "--method", method, "--run", run, "--no-oracle")
+    ev = zscir("eval", "shapes", "--split", "test", *MODEL, "--cache-dir", cache, "--method", method, "--run", run,
+               "--no-oracle")
     return ev["results"][method]
 
 
