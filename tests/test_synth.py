@@ -62,14 +62,19 @@ def test_edits_only_propose_values_the_corpus_holds():
             assert all(w in " ".join(CAPTIONS).lower() for w in c.new.split())
 
 
-def _embed_lookup(texts):
-    """A stand-in text embedding: bag of words, normalised (enough to order near captions)."""
-    vocab = sorted({w for t in CAPTIONS + texts for w in normalise(t).split()})
+def _bag_of_words(texts, corpus):
+    """A stand-in text embedding: bag of words over the corpus's and the synth vocabularies'
+    words (one fixed space for every call), normalised: enough to order near captions."""
+    from zscir_cli.data.synth import VOCAB
+
+    vocab = sorted({w for t in corpus for w in normalise(t).split()} | {w for ws in VOCAB.values() for w in ws}
+                   | {"and", "a", "an", "on"})
     out = np.zeros((len(texts), len(vocab)), dtype=np.float32)
     for i, t in enumerate(texts):
         for w in normalise(t).split():
-            out[i, vocab.index(w)] += 1
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+            if w in vocab:
+                out[i, vocab.index(w)] += 1
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 def test_nearest_caption_checks_new_and_old_words_and_the_threshold():
@@ -241,13 +246,7 @@ SHAPE_CAPTIONS = [
 
 
 def _bag_embed(texts):
-    """Bag of words over every word the captions and their edits use, normalised."""
-    vocab = sorted({w for t in texts for w in normalise(t).split()} | set(" ".join(SHAPE_CAPTIONS).split()))
-    out = np.zeros((len(texts), len(vocab)), dtype=np.float32)
-    for i, t in enumerate(texts):
-        for w in normalise(t).split():
-            out[i, vocab.index(w)] += 1
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+    return _bag_of_words(texts, SHAPE_CAPTIONS)
 
 
 def test_match_content_keeps_the_reference_objects_and_the_background():
