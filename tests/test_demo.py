@@ -12,12 +12,17 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     for method in ("image", "text", "sum", "pic2word", "stage1", "tscir"):
         assert f"│ {method}" in out
     assert "R@1" in out and "mAP@10" in out and "not of any public benchmark" in out
+    assert "┃ recipe" in out and "│ Stage II: 40" in out and "│ Stage I: token learner + VSI + STA" in out
     assert "base CLIP (24 val images): caption R@1" in out
     assert page.is_file() and page.read_text().count("<section>") == 2
     kinds = sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json"))
-    # features: train and val pairs, test gallery (each encoded once); captions of train
+    # features: train and val pairs, test gallery (each encoded once); captions of train; the
+    # default recipe's triplets, made from captions (a small world has too few for scene ones)
     assert kinds == ["backbone", "dataset", "features", "features", "features", "index", "stage1", "stage1",
-                     "stage2", "text-features", "triplets", "triplets"]
+                     "stage2", "text-features", "triplets"]
+    triplets = next((cache / "triplets").iterdir())
+    rows = [json.loads(x) for x in (triplets / "triplets.jsonl").read_text().splitlines()]
+    assert rows and {r["recipe"] for r in rows} == {"template/content"}
 
     code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", page, "--json")
     assert code == 0, err
@@ -25,8 +30,10 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     assert sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json")) == kinds  # nothing rebuilt
     assert set(res["evaluation"]["results"]) == {"image", "text", "sum", "pic2word", "stage1", "tscir"}
     assert set(res["evaluation"]["runs"]) == {"pic2word", "stage1", "tscir"}
-    for metrics in res["evaluation"]["results"].values():
+    for name, metrics in res["evaluation"]["results"].items():
         assert 0 <= metrics["R@1"] <= metrics["R@10"] <= metrics["R@50"] <= 100
+        assert metrics["method"] == name and metrics["recipe"]  # every row says how it was made
+    assert "40 template/content triplets" in res["evaluation"]["results"]["tscir"]["recipe"]
     ev = res["evaluation"]
     assert "scored" not in ev and "image" not in ev  # per-query details stay out of the summary
     assert ev["split"] == "test" and ev["queries"] == 12 and "reference removed" in ev["protocol"]
@@ -92,9 +99,13 @@ def test_demo_seed_reaches_every_stage():
 def test_demo_recipes(cli, tmp_path):
     from zscir_cli.pipeline.demo import DemoConfig
 
-    lab, paper = DemoConfig(), DemoConfig().paper_recipe()
-    assert (lab.triplet_mode, lab.stage2.embedding_adapter) == ("scene", True)
-    assert (paper.triplet_mode, paper.stage2.embedding_adapter) == ("template", False)
-    assert paper.stage1 == lab.stage1 and paper.stage2.lr == lab.stage2.lr  # only Stage II's recipe differs
+    default, paper = DemoConfig(), DemoConfig().paper_recipe()
+    assert (default.triplet_match, default.stage2.embedding_adapter, default.scene_reference) == \
+        ("content", True, True)
+    assert (paper.triplet_match, paper.stage2.embedding_adapter) == ("words", False)
+    assert DemoConfig.quick().triplet_match == default.triplet_match  # the quick demo runs the default recipe
+    assert paper.stage1 == default.stage1 and paper.stage2.lr == default.stage2.lr  # only Stage II's recipe differs
     code, _, err = cli("demo", "--recipe", "mine", "--cache-dir", tmp_path / "cache")
     assert code == 2 and "Unknown --recipe 'mine'" in err and not (tmp_path / "cache").exists()
+    code, _, err = cli("demo", "--split", "train", "--cache-dir", tmp_path / "cache")
+    assert code == 2 and "Unknown --split 'train'" in err and not (tmp_path / "cache").exists()

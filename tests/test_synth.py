@@ -131,6 +131,26 @@ def test_scene_triplets_are_exact():
                 sorted(o.kind for o in ref.objects)
 
 
+def test_no_triplet_shows_or_names_a_held_out_pair_or_a_val_or_test_query():
+    """Both recipes train on the world's train scenes and training phrasings only: no image with
+    a held-out colour-shape pair, no text naming one, no modification a val or test query asks."""
+    from zscir_cli.data import shapes
+
+    cfg = shapes.WorldConfig(seed=3, cir_queries=120)
+    recs = [shapes.pair_record(cfg, "train", i) for i in range(1500)]
+    ids, scenes, caps = [r["id"] for r in recs], [r["scene"] for r in recs], [r["caption"] for r in recs]
+    scene_of = dict(zip(ids, scenes))
+    asked = {q["modification"] for split in ("val", "test") for q in shapes.cir_split(cfg, split)[0]}
+    reports = [scene_triplets(ids, scenes, caps, max_triplets=2000, seed=0),
+               template_triplets(ids, caps, None, max_triplets=2000, seed=0)]
+    assert all(len(r.triplets) > 100 for r in reports)
+    for t in (t for r in reports for t in r.triplets):
+        assert not (scene_of[t.reference].combos() | scene_of[t.target].combos()) & shapes.HELD_OUT
+        text = " ".join((t.modification, t.reference_caption, t.target_caption))
+        assert not [p for p in shapes.HELD_OUT if " ".join(p) in text], t
+        assert t.modification not in asked
+
+
 def test_malformed_triplet_files_name_the_line(tmp_path):
     good = {"reference": "a", "target": "b", "modification": "make it red", "dataset": "k"}
     f = tmp_path / "t.jsonl"

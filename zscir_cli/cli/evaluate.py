@@ -29,9 +29,18 @@ def evaluate(
     kind: Annotated[str, typer.Option(
         "--kind", help="Index kind of the galleries (see 'zscir index --kind'): flat ranks exactly, as "
                        "the protocols are defined; the others re-rank their candidates exactly.")] = "flat",
-    oracle: Annotated[bool, typer.Option(
-        "--oracle/--no-oracle", help="shapes: also rank each query by its target's caption through the base "
-                                     "CLIP, a ceiling (not a method: no query offers it).")] = True,
+    target_caption: Annotated[bool, typer.Option(
+        "--target-caption/--no-target-caption",
+        help="shapes: also rank each query by its target's caption through the base CLIP: a reference point "
+             "(no query offers it, and it is no ceiling).")] = True,
+    oracle: Annotated[bool | None, typer.Option("--oracle/--no-oracle", hidden=True,
+                                                 help="The old name of --target-caption.")] = None,
+    wording: Annotated[str | None, typer.Option(
+        help="shapes: ask the same queries in another phrasing family (train, val or test) [default: the "
+             "split's own].", show_default=False)] = None,
+    texts: Annotated[Path | None, typer.Option(
+        "--texts", help="shapes: ask the same queries with these texts, a JSONL file of {\"query_id\": ..., "
+                        "\"modification\": ...}, one line per query of the split.", show_default=False)] = None,
     json_out: Json = False,
     device: Device = "auto",
     cache_dir: CacheDir = None,
@@ -41,8 +50,8 @@ def evaluate(
     from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
     from zscir_cli.pipeline.datasets import find_dataset
     from zscir_cli.pipeline.evaluate import evaluate as run_evaluation
-    from zscir_cli.pipeline.evaluate import open_suite
-    from zscir_cli.pipeline.methods import TRAINED, available_methods, check_method
+    from zscir_cli.pipeline.evaluate import open_suite, shapes_suite
+    from zscir_cli.pipeline.methods import TRAINED, MethodChoice, available_methods, check_method
     from zscir_cli.pipeline.report import check_output
 
     ctx = make_context(cache_dir, device)
@@ -60,11 +69,19 @@ def evaluate(
         raise UserError("--run names the run of one trained method.", "Give exactly one of tscir, stage1, pic2word.")
     if html is not None:
         html = check_output(html)
+    if oracle is not None:
+        target_caption = oracle
+    if (wording is not None or texts is not None) and benchmark:
+        raise UserError("--wording and --texts reword the shapes world's queries.", "Leave them out for " + name + ".")
+    if wording is not None and wording not in ("train", "val", "test"):
+        raise UserError(f"Unknown --wording '{wording}'.", "Use train, val or test.")
     # a missing preparation or split, or a split without ground truth, is reported before any model loads
-    suite = open_suite(ctx, name, split)
+    suite = open_suite(ctx, name, split) if benchmark else \
+        shapes_suite(ctx, name, split, wording, read_texts(texts) if texts is not None else None)
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
     methods = list(method) if method else available_methods(ctx, backbone)
-    res, worst = run_evaluation(ctx, backbone, suite, methods, {trained[0]: run} if run else None, kind, oracle)
+    choices = [MethodChoice(m, run if m in TRAINED else None) for m in methods]
+    res, worst = run_evaluation(ctx, backbone, suite, choices, kind, target_caption)
     if html is not None and worst is not None:
         worst.write(html, f"zscir eval {name} {split}: the worst queries of {worst.method} ({res.model})")
         err.print(f"wrote {html}")
@@ -74,48 +91,79 @@ def evaluate(
     if benchmark:
         _print_benchmark(res)
         return
-    from rich.table import Table
-
     err.print(f"{res.protocol}", highlight=False)
-    out.print(f"{name} CIR, {split} split: {res.queries} queries, gallery {res.gallery}, model {res.model}",
-              highlight=False)
-    table = Table()
-    for col in ("method", "run", "R@1", "R@10", "R@50", "mAP@10"):
-        table.add_column(col, justify="left" if col in ("method", "run") else "right")
-    for r in res.results:
-        table.add_row(r.method, r.run or "-", *(f"{r.metrics[m]:.1f}" for m in SHAPES_METRICS))
-    add_oracle_row(table, res, with_run=True)
-    out.print(table)
+    out.print(f"{name} CIR, {split} split: {res.queries} queries ({res.wording} wording), gallery {res.gallery}, "
+              f"model {res.model}", highlight=False)
+    out.print(results_table(res, with_run=True))
     out.print(breakdown_table(res))
 
 
 SHAPES_METRICS = ("R@1", "R@10", "R@50", "mAP@10")
 
 
-def add_oracle_row(table, res, with_run: bool = False) -> None:
-    """The target-caption ceiling below the methods, set apart from them."""
-    from zscir_cli.pipeline.evaluate import ORACLE_LABEL
+def read_texts(path: Path) -> dict[str, str]:
+    """query id -> modification text, from a JSONL file of {"query_id", "modification"} objects."""
+    import json
 
-    if res.oracle is None:
-        return
-    table.add_section()
-    table.add_row(ORACLE_LABEL, *(["-"] if with_run else []), *(f"{res.oracle.metrics[m]:.1f}" for m in SHAPES_METRICS))
+    from zscir_cli.core.errors import UserError
+
+    texts: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as e:
+        raise UserError(f"Cannot read {path} ({e.strerror or e}).", "Check the path.") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not JSON ({e.msg}).", "One JSON object a line.") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("query_id"), str) or \
+                not isinstance(obj.get("modification"), str) or not obj["modification"].strip():
+            raise UserError(f"{path}:{n}: expected {{\"query_id\": ..., \"modification\": ...}} with a "
+                            "non-empty text.", "Fix that line.")
+        if obj["query_id"] in texts:
+            raise UserError(f"{path}:{n}: query {obj['query_id']} repeats.", "Give each query one text.")
+        texts[obj["query_id"]] = obj["modification"]
+    return texts
+
+
+def results_table(res, with_run: bool = False):
+    """Every row with its recipe (and run), then the target-caption reference row apart."""
+    from rich.table import Table
+
+    table = Table()
+    cols = ("method", "recipe", *(["run"] if with_run else []), *SHAPES_METRICS)
+    for col in cols:
+        table.add_column(col, justify="right" if col in SHAPES_METRICS else "left")
+    for r in res.results:
+        table.add_row(r.method, r.recipe, *([r.run or "-"] if with_run else []),
+                      *(f"{r.metrics[m]:.1f}" for m in SHAPES_METRICS))
+    if res.target_caption is not None:
+        from zscir_cli.pipeline.evaluate import TARGET_CAPTION_LABEL
+
+        table.add_section()
+        table.add_row(TARGET_CAPTION_LABEL, "no training", *(["-"] if with_run else []),
+                      *(f"{res.target_caption.metrics[m]:.1f}" for m in SHAPES_METRICS))
+    return table
 
 
 def breakdown_table(res):
-    """R@1 of every method (and the oracle) by edit type and by objects in the reference scene,
-    each column headed by its group and query count."""
+    """R@1 of every method (and the target-caption row) by edit type, by objects in the reference
+    scene and (test) by whether the target holds a held-out colour-shape pair, each column headed
+    by its group and query count."""
     from rich.table import Table
 
-    table = Table(title="R@1 by edit type | by objects in the reference", title_justify="left")
+    table = Table(title="R@1 by edit type | by objects in the reference | by pair", title_justify="left")
     table.add_column("method")
     cols = [(name, g) for name, by in res.group_queries.items() for g in by]
     for name, g in cols:
         label = f"{g} obj" if name == "by_objects_R@1" else g
         table.add_column(f"{label} ({res.group_queries[name][g]})", justify="right")
     rows = [(r.method, r.groups) for r in res.results]
-    if res.oracle is not None:
-        rows.append(("oracle", res.oracle.groups))
+    if res.target_caption is not None:
+        rows.append(("target caption", res.target_caption.groups))
     for method, groups in rows:
         table.add_row(method, *(f"{groups[n][g]:.1f}" if g in groups.get(n, {}) else "-" for n, g in cols))
     return table

@@ -8,8 +8,9 @@ Two recipes:
   caption equals the edited one, else the nearest caption by text embedding, accepted only
   above a similarity threshold, only if it holds the new word and lacks the old one.
 - scene (the shapes world): exact triplets from the scene graph: the edit is applied to the
-  reference's scene and the target is a corpus image whose scene equals the result up to
-  position.
+  reference's scene, the target is a corpus image whose scene equals the result up to position,
+  and the modification is worded with the world's training phrasings (never its val or test
+  ones).
 
 This module never imports the model: the nearest-caption search takes an `embed` function.
 """
@@ -22,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from zscir_cli.data.templates import usable
 
 VOCAB: dict[str, tuple[str, ...]] = {
     "colour": ("red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray", "grey",
@@ -42,21 +45,10 @@ REPLACEABLE = ("colour", "material", "pattern", "size", "object", "count")
 # grey/gray and big/large are synonyms: never swap one for the other
 SYNONYMS = [{"gray", "grey"}, {"big", "large"}]
 
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "replace": ("make it {new}", "change the {old} to {new}", "{new} instead of {old}",
-                "replace {old} with {new}", "make the {old} one {new}", "it should be {new}, not {old}"),
-    "replace_object": ("change the {old} to a {new}", "a {new} instead of the {old}",
-                       "replace the {old} with a {new}", "show a {new} rather than a {old}"),
-    "background": ("change the background to {new}", "make the background {new}",
-                   "on a {new} background instead", "use a {new} background"),
-    "count": ("show {new} instead of {old}", "make it {new} {noun}", "there should be {new} {noun}"),
-    "add": ("add {a_obj}", "also show {a_obj}", "with {a_obj} as well", "put {a_obj} in it"),
-    "remove": ("remove the {obj}", "without the {obj}", "take away the {obj}", "get rid of the {obj}"),
-}
 EDIT_TYPES = ("replace", "background", "count", "add", "remove")
 # Bump when a change here changes the triplets a corpus and seed give: it is part of every
 # triplet artifact's key, so triplets of an older recipe are never reused.
-SYNTH_VERSION = 2
+SYNTH_VERSION = 3  # 3: object-naming templates (data.templates), recipe per row
 MATCHES = ("words", "content")  # how a nearest caption is accepted as a target (see `_accepts`)
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
 
@@ -105,6 +97,7 @@ class Triplet:
     new: str
     score: float  # 1.0 for an exact match, else the caption similarity
     source: str  # template | scene
+    recipe: str = ""  # template/words, template/content (the target's acceptance) or scene
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -159,6 +152,20 @@ def _fix_articles(words: list[str]) -> list[str]:
     return out
 
 
+def _head_noun(words: list[str], i: int) -> str:
+    """The object noun that the value at `i` modifies ('small red circle': circle), or ''."""
+    j = i + 1
+    while j < len(words) and _category(words[j]) in MODIFIERS:
+        j += 1
+    return words[j] if j < len(words) and _category(words[j]) == "object" else ""
+
+
+def _write(rng: np.random.Generator, kind: str, slots: dict[str, str]) -> str:
+    """The modification text: a template of `kind` that the slots fill, drawn uniformly."""
+    choices = usable(kind, slots)
+    return choices[int(rng.integers(len(choices)))].format(**slots)
+
+
 def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption: int = 3,
                   vocab: dict[str, tuple[str, ...]] | None = None) -> list[Candidate]:
     """Up to `per_caption` edits of one caption, of different types where possible."""
@@ -176,8 +183,8 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
             new = choices[int(rng.integers(len(choices)))]
             edited = " ".join(_fix_articles(words[:i] + [new] + words[i + 1:]))
             kind = "replace_object" if cat == "object" else "replace"
-            tpl = TEMPLATES[kind][int(rng.integers(len(TEMPLATES[kind])))]
-            out["replace"] = Candidate(row, "replace", old, new, edited, tpl.format(old=old, new=new))
+            slots = {"old": old, "new": new, "noun": _head_noun(words, i) if cat != "object" else ""}
+            out["replace"] = Candidate(row, "replace", old, new, edited, _write(rng, kind, slots))
     # the background's value
     bg = [i for i, w in enumerate(words) if w == "background" and i > 0 and _category(words[i - 1]) == "colour"]
     if bg:
@@ -186,10 +193,9 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         choices = [w for w in vocab.get("background_colour", vocab["colour"]) if not _synonyms(w, old) and w != old]
         if choices:
             new = choices[int(rng.integers(len(choices)))]
-            tpl = TEMPLATES["background"][int(rng.integers(len(TEMPLATES["background"])))]
             out["background"] = Candidate(row, "background", old, new,
                                           " ".join(_fix_articles(words[:i] + [new] + words[i + 1:])),
-                                          tpl.format(old=old, new=new))
+                                          _write(rng, "background", {"old": old, "new": new}))
     # a count followed by a plural noun
     counts = [i for i, w in enumerate(words[:-1]) if w in VOCAB["count"]]
     count_choices = [w for w in vocab["count"] if counts and w != words[counts[0]]]
@@ -197,9 +203,8 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         i = counts[0]
         old = words[i]
         new = count_choices[int(rng.integers(len(count_choices)))]
-        tpl = TEMPLATES["count"][int(rng.integers(len(TEMPLATES["count"])))]
         out["count"] = Candidate(row, "count", old, new, " ".join(words[:i] + [new] + words[i + 1:]),
-                                 tpl.format(old=old, new=new, noun=words[i + 1]))
+                                 _write(rng, "count", {"old": old, "new": new, "noun": words[i + 1]}))
     # remove one phrase of an 'A, B and C' list: the phrase of an object noun with its modifiers
     objects = [i for i, w, c in spans if c == "object"]
     if len(objects) >= 2:
@@ -214,8 +219,8 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         rest = words[:start] + words[end + 1:]
         rest = [w for j, w in enumerate(rest) if not (w == "and" and (j == 0 or j == len(rest) - 1 or rest[j - 1] == "and"))]
         phrase = " ".join(w for w in words[start:end + 1] if w not in ("a", "an"))
-        tpl = TEMPLATES["remove"][int(rng.integers(len(TEMPLATES["remove"])))]
-        out["remove"] = Candidate(row, "remove", phrase, "", " ".join(rest), tpl.format(obj=words[end]))
+        out["remove"] = Candidate(row, "remove", phrase, "", " ".join(rest),
+                                  _write(rng, "remove", {"obj": words[end], "phrase": phrase}))
     # add an object phrase before 'on a ... background' (or at the end), with the modifiers the
     # caption's first object phrase has ('a small red circle' -> add 'a large green star')
     obj = vocab["object"][int(rng.integers(len(vocab["object"])))] if vocab["object"] else None
@@ -225,8 +230,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         phrase = " ".join([vocab[k][int(rng.integers(len(vocab[k])))] for k in kinds] + [obj])
         cut = words.index("on") if "on" in words else len(words)
         edited = words[:cut] + ["and", *_article(phrase).split()] + words[cut:]
-        tpl = TEMPLATES["add"][int(rng.integers(len(TEMPLATES["add"])))]
-        out["add"] = Candidate(row, "add", "", phrase, " ".join(edited), tpl.format(a_obj=_article(phrase)))
+        out["add"] = Candidate(row, "add", "", phrase, " ".join(edited), _write(rng, "add", {"a_obj": _article(phrase)}))
     picked = list(out.values())
     rng.shuffle(picked)
     return picked[:per_caption]
@@ -303,7 +307,8 @@ def template_triplets(ids: Sequence[str], captions: Sequence[str],
             continue
         seen.add(key)
         by_type[c.edit_type].append(Triplet(ids[c.ref], ids[tgt], c.modification, captions[c.ref], captions[tgt],
-                                            c.edit_type, c.old, c.new, round(score, 4), "template"))
+                                            c.edit_type, c.old, c.new, round(score, 4), "template",
+                                            f"template/{match}"))
     return _balance(by_type, max_triplets, rng, rejected)
 
 
@@ -369,6 +374,7 @@ def scene_triplets(ids: Sequence[str], scenes: Sequence, captions: Sequence[str]
                 rejected["edited scene not in the corpus"] += 1
                 continue
             tgt = matches[int(rng.integers(len(matches)))]
-            by_type[kind].append(Triplet(ids[row], ids[tgt], edit.text, captions[row], captions[tgt], kind,
-                                         edit.old, edit.new, 1.0, "scene"))
+            text = shapes.phrase(kind, edit.slots, "train", rng)  # the world's training phrasings
+            by_type[kind].append(Triplet(ids[row], ids[tgt], text, captions[row], captions[tgt], kind,
+                                         edit.old, edit.new, 1.0, "scene", "scene"))
     return _balance(by_type, max_triplets, rng, rejected)

@@ -11,6 +11,8 @@ Shapes protocol (ours, in the README): the whole split gallery ranked with the r
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,7 +37,7 @@ from zscir_cli.pipeline.context import Context
 from zscir_cli.pipeline.features import FeatureSet, cached_features
 from zscir_cli.pipeline.galleries import encode_once
 from zscir_cli.pipeline.indexing import index_spec
-from zscir_cli.pipeline.methods import QueryMethod, load_method
+from zscir_cli.pipeline.methods import MethodChoice, QueryMethod, describe, load_method
 from zscir_cli.pipeline.report import Scored, WorstQueries
 
 DEPTH = 50  # every protocol needs at most the top 50
@@ -48,11 +50,14 @@ SHAPES_PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground tr
 PROMPTS = {"shapes": "a photo of $ that {modification} (pic2word, stage1, tscir); the text alone (text, sum)",
            "benchmark": "a photo of $ that {caption} (pseudo-word methods); the caption alone (text, sum)"}
 # breakdowns shown inside each method's results (the rest: top level)
-NESTED_GROUPS = ("by_edit_R@1", "by_objects_R@1")
+NESTED_GROUPS = ("by_edit_R@1", "by_objects_R@1", "by_pair_R@1")
 # shapes: each query ranked by the text feature of its target's caption through the same base
-# CLIP: what a perfect description of the target reaches, so the room left above every method
-ORACLE = "oracle"
-ORACLE_LABEL = "oracle (target caption, a ceiling, not a method)"
+# CLIP: how far a perfect description of the target gets with this CLIP. A reference point, not
+# a ceiling: a composed query can find a target that its caption misses.
+TARGET_CAPTION = "target_caption"
+TARGET_CAPTION_LABEL = "target caption (a reference point, not a method)"
+TARGET_CAPTION_DEFINITION = ("each query ranked by the base CLIP's text feature of its target's caption, the "
+                             "reference removed; no query offers it, and it is no ceiling")
 
 
 class PathGallery(Gallery):
@@ -79,7 +84,8 @@ class Suite:
     remove_reference: bool
     excluded: int = 0  # queries left out for missing images
     references: dict[str, str] = field(default_factory=dict)  # image id -> file, for images outside a gallery
-    oracle_texts: list[str] = field(default_factory=list)  # shapes: each query's target caption
+    target_captions: list[str] = field(default_factory=list)  # shapes: each query's target caption
+    wording: str = ""  # shapes: the phrasing family the queries are asked in
     facets: dict[str, list[str]] = field(default_factory=dict)  # breakdown name -> each query's group
     _where: dict[str, tuple[str, int]] | None = field(default=None, repr=False)
 
@@ -97,22 +103,41 @@ class Suite:
         return load_rgb(self.references[item])
 
 
-def shapes_suite(ctx: Context, dataset: str, split: str) -> Suite:
+def shapes_suite(ctx: Context, dataset: str, split: str, wording: str | None = None,
+                 texts: dict[str, str] | None = None) -> Suite:
+    """A shapes world's CIR split. Its queries are asked in the split's own phrasing family, or
+    in `wording` (another family of `shapes.PHRASINGS`), or with `texts` (query id -> text:
+    any wording at all); references, targets, gallery and ground truth stay the same."""
     from zscir_cli.pipeline.datasets import find_dataset, load_split, resolve_gallery
 
     art = find_dataset(ctx, dataset)
     rows = load_split(art, "cir", split)
+    asked = list(rows["modification"])
+    if wording is not None:
+        asked = [reword(qid, edit, json.loads(slots), wording) for qid, edit, slots in
+                 zip(rows["query_id"], rows["edit_type"], rows["slots"])]
+    if texts is not None:
+        asked = [texts[qid] for qid in rows["query_id"]]
     queries = [BenchQuery(str(qid), ref, [text], list(gt), target=tgt, edit=edit)
                for qid, ref, text, gt, tgt, edit in
-               zip(rows["query_id"], rows["reference_id"], rows["modification"], rows["ground_truth"],
+               zip(rows["query_id"], rows["reference_id"], asked, rows["ground_truth"],
                    rows["target_id"], rows["edit_type"])]
     items = load_split(art, "gallery", split).select_columns(["id", "scene"])
     scenes = dict(zip(items["id"], items["scene"]))
     # the caption the world writes for the target's scene (template 0, as every gallery caption)
-    oracle = [shapes.caption(shapes.Scene.from_json(scenes[q.target])) for q in queries]  # type: ignore[index]
-    objects = [str(len(shapes.Scene.from_json(scenes[q.reference]).objects)) for q in queries]
+    target_captions = [shapes.caption(shapes.Scene.from_json(scenes[q.target])) for q in queries]  # type: ignore[index]
+    facets = {"by_objects_R@1": [str(len(shapes.Scene.from_json(scenes[q.reference]).objects)) for q in queries]}
+    if any(rows["held_out_pair"]):  # test: the targets that hold a colour-shape pair no training source shows
+        facets["by_pair_R@1"] = ["held-out pair" if h else "seen pairs" for h in rows["held_out_pair"]]
     return Suite("shapes", split, art.key, queries, {"": resolve_gallery(ctx, f"{art.key}:{split}")}, True,
-                 oracle_texts=oracle, facets={"by_objects_R@1": objects})
+                 target_captions=target_captions, facets=facets,
+                 wording=wording or (f"texts from a file" if texts is not None else split))
+
+
+def reword(qid: str, edit_type: str, slots: dict[str, str], family: str) -> str:
+    """Query `qid` asked in phrasing family `family` (one phrasing per query and family)."""
+    rng = np.random.default_rng([zlib.crc32(qid.encode()), shapes.FAMILIES.index(family)])
+    return shapes.phrase(edit_type, slots, family, rng)
 
 
 def benchmark_suite(data: PreparedSplit) -> Suite:
@@ -199,14 +224,20 @@ def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Sui
 
 @dataclass
 class MethodResult:
-    method: str
+    method: str  # the row's name: the method, or a label naming its recipe too
     metrics: dict[str, float]  # percent, under each protocol's names
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # breakdowns: by edit type, by aspect
     run: str | None = None  # the trained run behind the method
+    name: str = ""  # the query method (image, text, sum, pic2word, stage1, tscir)
+    recipe: str = ""  # how the method was made (`methods.describe`)
 
     @property
     def by_edit(self) -> dict[str, float]:
         return self.groups.get("by_edit_R@1", {})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.name or self.method, "recipe": self.recipe, "run": self.run, **self.metrics,
+                **{g: v for g, v in self.groups.items() if g in NESTED_GROUPS}}
 
 
 @dataclass
@@ -222,12 +253,13 @@ class Evaluation:
     gallery: int  # images ranked, all groups together
     index: list[str]  # the index keys ranked against
     results: list[MethodResult]
-    oracle: MethodResult | None = None  # shapes: the target-caption ceiling, not a method
+    target_caption: MethodResult | None = None  # shapes: a reference point, not a method
     group_queries: dict[str, dict[str, int]] = field(default_factory=dict)  # breakdown -> group -> queries
+    wording: str = ""  # shapes: the phrasing family the queries were asked in
 
     @property
     def runs(self) -> dict[str, str]:
-        """Every trained run used, by method."""
+        """Every trained run used, by row."""
         return {r.method: r.run for r in self.results if r.run is not None}
 
     def to_json(self) -> dict[str, Any]:
@@ -236,15 +268,17 @@ class Evaluation:
             "protocol": self.protocol, "prompt": self.prompt, "model": self.model, "queries": self.queries,
             "excluded_queries": self.excluded_queries, "gallery": self.gallery,
             "index": self.index[0] if len(self.index) == 1 else self.index, "runs": self.runs,
-            "results": {r.method: {**r.metrics, **{g: v for g, v in r.groups.items() if g in NESTED_GROUPS}}
-                        for r in self.results}}
+            "results": {r.method: r.to_json() for r in self.results}}
+        if self.wording:
+            out["wording"] = self.wording
         for r in self.results:
             for g, v in r.groups.items():
                 if g not in NESTED_GROUPS:
                     out.setdefault(g, {})[r.method] = v
-        if self.oracle is not None:
-            out[ORACLE] = {"label": ORACLE_LABEL, **self.oracle.metrics,
-                           **{g: v for g, v in self.oracle.groups.items() if g in NESTED_GROUPS}}
+        if self.target_caption is not None:
+            out[TARGET_CAPTION] = {"label": TARGET_CAPTION_LABEL, "definition": TARGET_CAPTION_DEFINITION,
+                                   **self.target_caption.metrics,
+                                   **{g: v for g, v in self.target_caption.groups.items() if g in NESTED_GROUPS}}
         if self.group_queries:
             out["queries_per_group"] = self.group_queries
         return out
@@ -273,14 +307,16 @@ def query_groups(suite: Suite) -> dict[str, dict[str, list[int]]]:
     return out
 
 
-def oracle_result(ctx: Context, backbone: Backbone, suite: Suite, kind: str = "flat") -> tuple[MethodResult, Rankings]:
+def target_caption_result(ctx: Context, backbone: Backbone, suite: Suite,
+                          kind: str = "flat") -> tuple[MethodResult, Rankings]:
     """Each query ranked by its target caption's text feature (the base CLIP's, as the `text`
-    method), on the same gallery with the reference removed: a ceiling, offered by no query."""
-    asked = replace(suite, queries=[replace(q, texts=[t]) for q, t in zip(suite.queries, suite.oracle_texts)],
+    method), on the same gallery with the reference removed: a reference point that no query
+    offers, and no ceiling (a composed query can find targets it misses)."""
+    asked = replace(suite, queries=[replace(q, texts=[t]) for q, t in zip(suite.queries, suite.target_captions)],
                     _where=None)
     rankings = rank_split(ctx, backbone, load_method(ctx, "text", backbone), asked, kind)
     metrics, groups = score_rankings(asked, rankings)
-    return MethodResult(ORACLE, metrics, groups), rankings
+    return MethodResult(TARGET_CAPTION, metrics, groups, name=TARGET_CAPTION, recipe="no training"), rankings
 
 
 def open_suite(ctx: Context, dataset: str, split: str) -> Suite:
@@ -292,26 +328,29 @@ def open_suite(ctx: Context, dataset: str, split: str) -> Suite:
     return shapes_suite(ctx, dataset, split)
 
 
-def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str],
-             runs: dict[str, str] | None = None, kind: str = "flat",
-             oracle: bool = True) -> tuple[Evaluation, WorstQueries | None]:
-    """Every method on one suite; `runs` pins a trained method's run; `kind`: the galleries'
-    index kind; `oracle`: add the target-caption ceiling where the suite has target captions
-    (shapes). Also returns the first method's per-query outcome, for the worst-queries page."""
+def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str | MethodChoice],
+             kind: str = "flat", target_caption: bool = True) -> tuple[Evaluation, WorstQueries | None]:
+    """Every method on one suite (a name, or a `MethodChoice` pinning a run and naming the row);
+    `kind`: the galleries' index kind; `target_caption`: add that reference row where the suite
+    has target captions (shapes). Also returns the first method's per-query outcome, for the
+    worst-queries page."""
     check_scorable(suite)  # type: ignore[arg-type]
     results, worst, index = [], None, []
-    for name in methods:
-        method = load_method(ctx, name, backbone, (runs or {}).get(name))
+    for choice in methods:
+        choice = choice if isinstance(choice, MethodChoice) else MethodChoice(choice)
+        method = load_method(ctx, choice.name, backbone, choice.run)
         rankings = rank_split(ctx, backbone, method, suite, kind)
         index += [k for k in rankings.index if k not in index]
         metrics, groups = score_rankings(suite, rankings)
-        results.append(MethodResult(name, metrics, groups, method.run.key if method.run is not None else None))
+        results.append(MethodResult(choice.label or choice.name, metrics, groups,
+                                    method.run.key if method.run is not None else None, choice.name,
+                                    describe(method)))
         if worst is None:
-            worst = WorstQueries(name, [Scored(q.qid, q.reference, " / ".join(q.texts), rankings.top[i], set(q.targets))
-                                        for i, q in enumerate(suite.queries)], suite)
-    ceiling = None
-    if oracle and suite.oracle_texts:
-        ceiling, rankings = oracle_result(ctx, backbone, suite, kind)
+            worst = WorstQueries(choice.name, [Scored(q.qid, q.reference, " / ".join(q.texts), rankings.top[i],
+                                                      set(q.targets)) for i, q in enumerate(suite.queries)], suite)
+    reference = None
+    if target_caption and suite.target_captions:
+        reference, rankings = target_caption_result(ctx, backbone, suite, kind)
         index += [k for k in rankings.index if k not in index]
     protocol = SHAPES_PROTOCOL if suite.name == "shapes" else PROTOCOLS[suite.name]
     prompt = PROMPTS["shapes" if suite.name == "shapes" else "benchmark"]
@@ -319,4 +358,5 @@ def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str],
         if suite.name == "shapes" else {}
     return Evaluation(suite.name, suite.dataset_key, suite.split, protocol,
                       prompt, backbone.spec.label(), len(suite.queries), suite.excluded,
-                      sum(len(g) for g in suite.galleries.values()), index, results, ceiling, counts), worst
+                      sum(len(g) for g in suite.galleries.values()), index, results, reference, counts,
+                      suite.wording), worst

@@ -33,6 +33,35 @@ TRAINED = ("pic2word", "stage1", "tscir")
 METHODS = BASELINES + TRAINED
 
 
+@dataclass(frozen=True)
+class MethodChoice:
+    """A row of an evaluation: a method, the run it uses (None: the newest) and the row's name."""
+
+    name: str
+    run: str | None = None
+    label: str | None = None  # default: the method's name
+
+
+BASELINE_RECIPES = {"image": "the reference image's feature, no training",
+                    "text": "the modification text's feature, no training",
+                    "sum": "image + text features, no training"}
+
+
+def describe(method: QueryMethod) -> str:
+    """How a method was made, in a line: what every results row says beside its numbers."""
+    if method.run is None:
+        return BASELINE_RECIPES.get(method.name, "no training")
+    m = method.run.manifest
+    cfg = m.get("config", {})
+    if method.name in ("pic2word", "stage1"):
+        parts = ["token learner", *(["VSI"] if cfg.get("vsi") else []), *(["STA"] if cfg.get("sta") else [])]
+        return f"Stage I: {' + '.join(parts)}, {cfg.get('epochs')} epochs"
+    layers = list(cfg.get("adapter_layers") or [])
+    blocks = f"{len([x for x in layers if x])} blocks" + (" + embeddings" if 0 in layers else "")
+    return (f"Stage II: {cfg.get('triplets')} {m.get('triplet_recipe', 'unknown')} triplets, adapters after "
+            f"{blocks}, {cfg.get('hard_negatives', 0)} hard negatives, {cfg.get('epochs')} epochs")
+
+
 def check_method(method: str) -> None:
     if method not in METHODS:
         raise UserError(f"Unknown method '{method}'.", f"Choose one of: {', '.join(METHODS)}.")

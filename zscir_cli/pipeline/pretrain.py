@@ -6,11 +6,9 @@ classes and `ClipLoss` are used as they are, so the result is an ordinary OpenCL
 The loop is the one both stages use (`pipeline/training.py`): per-epoch checkpoints ("epochs"
 of `steps_per_epoch` steps), `--resume`, torchrun, a lock per run.
 
-Images are rendered on the fly from the world's generator (a stream of its own, apart from the
-stored splits), so every step sees new scenes: a batch is a function of the global step. Half of
-each batch are same-layout copies of the other half with one attribute changed: hard negatives
-that force the towers to bind colour, shape and size rather than layout. Shape changes are drawn
-more often, since shape is what a small tower learns last.
+Images are rendered on the fly from the world's pretraining stream (`shapes.pretrain_batch`:
+train scenes only, captions as on the web, half of each batch same-layout hard negatives), so
+every step sees new scenes: a batch is a function of the global step.
 """
 
 from __future__ import annotations
@@ -51,10 +49,8 @@ from zscir_cli.pipeline.training import TrainSpec, partial_path, train
 KIND = "backbone"
 WEIGHTS = "open_clip_model.safetensors"
 CONFIG = "open_clip_config.json"
-PRETRAIN_STREAM = 4
 OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-HARD_EDITS = ("shape", "shape", "colour", "size", "background")  # drawn uniformly
 LOG_EVERY = 20  # steps between metrics records
 
 
@@ -67,6 +63,8 @@ class PretrainConfig:
     weight_decay: float = 0.1  # on weight matrices only, not gains, biases or embeddings
     warmup: float = 0.08  # fraction of steps with linear warm-up, then cosine decay
     hard_negatives: float = 0.5  # fraction of each batch that are one-attribute edits
+    # fraction of those that add an object which the fresh scene's caption says is absent
+    absence_negatives: float = 0.0
     seed: int = 0  # initialisation and batch stream
     steps_per_epoch: int = 100  # a checkpoint (and a point to --resume from) every this many steps
 
@@ -85,19 +83,10 @@ def backbone_spec(artifact: Artifact) -> ModelSpec:
 
 def _batch(world: shapes.WorldConfig, cfg: PretrainConfig, step: int, tokenizer, image_size: int,
            rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step `step`'s batch, only its `rows` rendered (a process's share under torchrun)."""
-    rng = np.random.default_rng([world.seed, PRETRAIN_STREAM, cfg.seed, step])
-    n_hard = int(cfg.batch_size * cfg.hard_negatives)
-    n_base = cfg.batch_size - n_hard
-    scenes = [shapes.random_scene(rng) for _ in range(n_base)]
-    jitters = [int(rng.integers(2**31)) for _ in range(n_base)]
-    for j in range(n_hard):
-        base = scenes[j % n_base]
-        edit = shapes.apply_edit(rng, base, shapes._pick(rng, HARD_EDITS))
-        scenes.append(edit.target)  # same cells as `base`: a same-layout near miss
-        jitters.append(jitters[j % n_base])
-    # every caption is drawn (the stream stays the same), only our rows are rendered
-    captions = [shapes.caption(s, int(rng.integers(len(shapes.CAPTION_TEMPLATES)))) for s in scenes]
+    """Step `step`'s batch (`shapes.pretrain_batch`), only its `rows` rendered (a process's share
+    under torchrun)."""
+    scenes, jitters, captions = shapes.pretrain_batch(world.seed, cfg.seed, step, cfg.batch_size,
+                                                      cfg.hard_negatives, cfg.absence_negatives)
     pixels = np.stack([np.asarray(shapes.render(s, image_size, np.random.default_rng(jt)))
                        for s, jt in zip(scenes[rows], jitters[rows])])
     images = torch.from_numpy(((pixels.astype(np.float32) / 255.0 - OPENAI_MEAN) / OPENAI_STD)

@@ -7,6 +7,7 @@ A finished run stores its adapters and names its Stage I run (`stage1_run`); onl
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -188,8 +189,9 @@ def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifac
     config = {k: v for k, v in asdict(cfg).items()
               if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths", "validate",
                            "embedding_adapter")}  # the last is in adapter_layers (0), as resolved
+    sha = file_sha256(Path(cfg.triplets))
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
-                   "triplets_sha256": file_sha256(Path(cfg.triplets)), "triplets": len(data),
+                   "triplets_sha256": sha, "triplets": len(data),
                    "adapter_layers": adapters.cfg.layers, "world_size": world_size()})
     inputs = inputs + [identity(s1), identity(data.feats.artifact)]
     return TrainSpec(kind=KIND, key=ctx.store.key_for(KIND, config, inputs), config=config, inputs=inputs,
@@ -199,8 +201,16 @@ def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifac
                      n_items=len(data), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
                      weight_decay=cfg.weight_decay,
                      extra_manifest={"method": "tscir", "stage1_run": s1.key, "stage1_tuned": cfg.tune_stage1,
-                                     "triplets_file": str(cfg.triplets), "triplets_skipped": skipped,
+                                     "triplets_file": {"path": str(cfg.triplets), "sha256": sha},
+                                     "triplet_recipe": triplet_recipe(data.rows), "triplets_skipped": skipped,
                                      "hard_negatives": cfg.hard_negatives})
+
+
+def triplet_recipe(rows: list[dict]) -> str:
+    """What made the triplets: `zscir synth`'s recipe as its rows record it (template/words,
+    template/content, scene), or 'written elsewhere' for rows that do not say."""
+    recipes = Counter(str(r.get("recipe") or r.get("source") or "written elsewhere") for r in rows)
+    return " + ".join(name for name, _ in recipes.most_common())
 
 
 def _save_run(adapters: ComposingAdapters, tuned: Mapper | None, folder: Path) -> None:

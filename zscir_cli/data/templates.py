@@ -1,0 +1,44 @@
+"""The training side's sentences for an edit: the templates `zscir synth` writes modifications
+with, per kind of caption edit. The shapes world words its scene-graph triplets with the same
+templates (`shapes.wording`), so every training triplet, of either recipe, speaks one language,
+and the world's val and test phrasings share no three fixed words with any of these (tested).
+
+Slots: {old} and {new} are the values an edit swaps (a colour, a size, an object noun, a count);
+{noun} the object noun a swapped value belongs to ("red circle": circle); {a_obj} an added
+object phrase with its article; {obj} a removed object's noun and {phrase} its whole phrase
+("small red circle"). A template whose slots an edit lacks is never drawn for it.
+"""
+
+from __future__ import annotations
+
+import re
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    # a value of an object (colour, size, material, pattern), named or not by its object
+    "replace": ("make it {new}", "change the {old} to {new}", "{new} instead of {old}", "replace {old} with {new}",
+                "make the {old} one {new}", "it should be {new}, not {old}", "make the {noun} {new}",
+                "turn the {noun} {new}", "the {noun} should be {new}", "change the {old} {noun} to {new}",
+                "{new} {noun} instead of {old} {noun}", "i want the {noun} {new}"),
+    # an object noun
+    "replace_object": ("change the {old} to a {new}", "a {new} instead of the {old}", "replace the {old} with a {new}",
+                       "show a {new} rather than a {old}", "turn the {old} into a {new}", "make the {old} into a {new}",
+                       "the {old} should be a {new}", "i want a {new}, not the {old}"),
+    "background": ("change the background to {new}", "make the background {new}", "on a {new} background instead",
+                   "use a {new} background", "the background should be {new}", "turn the background {new}",
+                   "i want a {new} background"),
+    "count": ("show {new} instead of {old}", "make it {new} {noun}", "there should be {new} {noun}"),
+    "add": ("add {a_obj}", "also show {a_obj}", "with {a_obj} as well", "put {a_obj} in it", "include {a_obj}",
+            "there should be {a_obj} too", "i want {a_obj} added"),
+    "remove": ("remove the {obj}", "without the {obj}", "take away the {obj}", "get rid of the {obj}",
+               "remove the {phrase}", "delete the {obj}", "the {obj} should not be there", "i want the {obj} removed"),
+}
+_SLOT = re.compile(r"\{([a-z_]+)\}")
+
+
+def slots_of(template: str) -> set[str]:
+    return set(_SLOT.findall(template))
+
+
+def usable(kind: str, slots: dict[str, str]) -> tuple[str, ...]:
+    """The templates of `kind` whose every slot `slots` fills."""
+    return tuple(t for t in TEMPLATES[kind] if slots_of(t) <= {k for k, v in slots.items() if v})
