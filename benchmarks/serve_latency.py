@@ -38,9 +38,10 @@ import numpy as np
 def build_world(cache: Path, model: str | None, pretrained: str | None) -> tuple[str, str, list[tuple[str, str]]]:
     """(index key, method, [(reference id, modification)]) on the shapes lab."""
     from zscir_cli.core.cache import ArtifactStore
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.datasets import load_split, prepare_shapes, resolve_gallery
-    from zscir_cli.pipeline.demo import DemoConfig, run_demo
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.datasets.shapes import prepare_shapes
+    from zscir_cli.jobs.datasets.store import load_split, resolve_gallery
+    from zscir_cli.jobs.demo import DemoConfig, run_demo
 
     ctx = Context(store=ArtifactStore(cache), workers=0)
     cfg = DemoConfig.quick()
@@ -49,8 +50,8 @@ def build_world(cache: Path, model: str | None, pretrained: str | None) -> tuple
         key, method = res.index_key, "tscir"
         data, _ = prepare_shapes(ctx, cfg.world)
     else:
-        from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
-        from zscir_cli.pipeline.indexing import index_gallery
+        from zscir_cli.jobs.backbones import open_backbone, resolve_spec
+        from zscir_cli.jobs.retrieval.indexing import index_gallery
 
         data, _ = prepare_shapes(ctx, cfg.world)
         backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
@@ -110,15 +111,15 @@ class InProcess:
 
     def __init__(self, cache: Path, key: str, method: str):
         from zscir_cli.core.cache import ArtifactStore
-        from zscir_cli.pipeline.context import Context
-        from zscir_cli.pipeline.service import load_service
+        from zscir_cli.jobs.context import Context
+        from zscir_cli.jobs.service.service import load_service
 
         self.svc = load_service(Context(store=ArtifactStore(cache), workers=0, device="cpu"), [key])
         self.method, self.loaded = self.svc.methods[method], self.svc.indexes[key]
 
     def query(self, ref: str, text: str, image: bytes | None) -> float:
         from zscir_cli.data.images import load_rgb
-        from zscir_cli.pipeline.query import run_query
+        from zscir_cli.jobs.retrieval.query import run_query
 
         start = time.perf_counter()
         img = load_rgb(image) if image is not None else None  # the service decodes the upload too
@@ -175,8 +176,8 @@ def main() -> None:
         cache = Path(tmp) / "cache"
         key, method, queries = build_world(cache, args.model, args.pretrained)
         from zscir_cli.core.cache import ArtifactStore
-        from zscir_cli.pipeline.context import Context
-        from zscir_cli.pipeline.query import load_index
+        from zscir_cli.jobs.context import Context
+        from zscir_cli.jobs.retrieval.query import load_index
 
         gallery = load_index(Context(store=ArtifactStore(cache)), ArtifactStore(cache).resolve(f"index/{key}")).gallery
         pngs = {}

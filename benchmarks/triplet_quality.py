@@ -121,11 +121,12 @@ def _embedder(args, ctx):
         return None, "exact caption matches only (no model)"
     import torch
 
-    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+    from zscir_cli.jobs.backbones import open_backbone, resolve_spec
 
     if args.pretrain_steps:
-        from zscir_cli.pipeline.datasets import prepare_shapes
-        from zscir_cli.pipeline.pretrain import PretrainConfig, backbone_spec, pretrain
+        from zscir_cli.jobs.datasets.shapes import prepare_shapes
+        from zscir_cli.jobs.backbones import backbone_spec
+        from zscir_cli.jobs.training.pretrain import PretrainConfig, pretrain
 
         # the first P pairs of the corpus's world (a pair is a function of the seed and its index)
         world = shapes.WorldConfig(seed=args.seed, train_pairs=min(args.train_pairs, args.pretrain_pairs),
@@ -145,7 +146,7 @@ def _embedder(args, ctx):
 
 
 def _from_file(args, ctx) -> tuple[list[dict], dict[str, Scene], str]:
-    from zscir_cli.pipeline.datasets import load_split
+    from zscir_cli.jobs.datasets.store import load_split
 
     rows = [json.loads(x) for x in Path(args.triplets).read_text(encoding="utf-8").splitlines() if x.strip()]
     key = rows[0].get("dataset") if rows else None
@@ -178,7 +179,7 @@ def main() -> None:
 
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.data.synth import template_triplets
-    from zscir_cli.pipeline.context import Context
+    from zscir_cli.jobs.context import Context
 
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Context(store=ArtifactStore(args.cache_dir or Path(tmp)), workers=0)

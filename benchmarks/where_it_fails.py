@@ -30,10 +30,12 @@ from collections import Counter, defaultdict
 
 from zscir_cli.cli.common import make_context
 from zscir_cli.data import shapes
-from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
-from zscir_cli.pipeline.datasets import load_split
-from zscir_cli.pipeline.evaluate import oracle_result, rank_split, shapes_suite
-from zscir_cli.pipeline.methods import load_method
+from zscir_cli.jobs.backbones import open_backbone, resolve_spec
+from zscir_cli.jobs.datasets.store import load_split
+from zscir_cli.jobs.protocols.ranking import rank_split
+from zscir_cli.jobs.protocols.results import oracle_result
+from zscir_cli.jobs.protocols.suites import shapes_suite
+from zscir_cli.jobs.retrieval.methods import load_method
 
 
 def facts(s: shapes.Scene) -> dict:
@@ -49,8 +51,8 @@ def pseudo_word_probe(ctx, backbone, suite, scene) -> None:
 
     from zscir_cli.model.mapping import PROMPT
     from zscir_cli.model.text import TextEncoder
-    from zscir_cli.pipeline.features import FeatureSet
-    from zscir_cli.pipeline.galleries import encode_once
+    from zscir_cli.jobs.retrieval.features import FeatureSet
+    from zscir_cli.jobs.retrieval.encodings import encode_once
 
     gallery = suite.galleries[""]
     captions = sorted({shapes.caption(s) for s in scene.values()})

@@ -39,8 +39,8 @@ def prepared_world(root: Path, **world) -> Path:
     """A cache at `root` holding a small prepared shapes world (WorldConfig fields in `world`)."""
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.data.shapes import WorldConfig
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.datasets import prepare_shapes
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.datasets.shapes import prepare_shapes
 
     prepare_shapes(Context(store=ArtifactStore(root)), WorldConfig(**world))
     return root
@@ -69,6 +69,6 @@ def one_and_two_processes(args: list[str], single_cache: Path, ddp_cache: Path) 
 
 def losses(run_dir: Path) -> list[float]:
     """The per-epoch loss curve of a finished run."""
-    from zscir_cli.pipeline.training import read_metrics
+    from zscir_cli.jobs.training.loop import read_metrics
 
     return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")]

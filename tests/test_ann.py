@@ -95,7 +95,7 @@ def test_a_small_gallery_returns_every_row_once(tmp_path):
 
 
 def test_index_kinds_are_two_artifacts_the_second_built_from_the_first(cli, cache, image_folder, monkeypatch):
-    from zscir_cli.pipeline import galleries
+    from zscir_cli.jobs.retrieval import encodings as galleries
 
     code, out, err = cli("index", image_folder, *TINY, "--cache-dir", cache, "--workers", "0", "--json")
     assert code == 0, err

@@ -10,10 +10,10 @@ import benchfixtures
 import pytest
 
 from zscir_cli.core.cache import ArtifactStore
-from zscir_cli.data.benchmarks import BenchQuery
-from zscir_cli.pipeline.bench_files import Rankings, metrics_for
-from zscir_cli.pipeline.benchmarks import PreparedSplit, open_split
-from zscir_cli.pipeline.context import Context
+from zscir_cli.data.public_trees import BenchQuery
+from zscir_cli.jobs.protocols.predictions import Rankings, metrics_for
+from zscir_cli.jobs.protocols.trees import PreparedSplit, open_split
+from zscir_cli.jobs.context import Context
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -57,7 +57,7 @@ def test_missing_images_fail_or_are_excluded_and_counted(cli, trees, tmp_path):
 
 
 def test_png_mirror_images_are_found(trees):
-    from zscir_cli.data.benchmarks import load_fashioniq
+    from zscir_cli.data.public_trees import load_fashioniq
 
     b = load_fashioniq(trees["fashioniq"], "val")
     assert b.missing == [] and b.images["BDR000001"].suffix == ".png" and b.images["BDR000000"].suffix == ".jpg"
@@ -112,8 +112,8 @@ def prepared(cli, trees, tmp_path):
 
 def test_cirr_removes_the_reference_and_fashioniq_keeps_it(prepared):
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.evaluate import rank_split
-    from zscir_cli.pipeline.methods import QueryMethod
+    from zscir_cli.jobs.protocols.ranking import rank_split
+    from zscir_cli.jobs.retrieval.methods import QueryMethod
 
     ctx = Context(store=ArtifactStore(prepared), workers=0)
     bb = load_backbone(ModelSpec("zscir-tiny-vit", "none"))
@@ -130,8 +130,8 @@ def test_cirr_removes_the_reference_and_fashioniq_keeps_it(prepared):
 
 def test_fashioniq_encodes_both_caption_orders(prepared, monkeypatch):
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.evaluate import rank_split
-    from zscir_cli.pipeline.methods import QueryMethod
+    from zscir_cli.jobs.protocols.ranking import rank_split
+    from zscir_cli.jobs.retrieval.methods import QueryMethod
 
     seen = []
     real = QueryMethod.encode
@@ -231,7 +231,7 @@ def test_eval_html_shows_the_worst_queries(cli, prepared, tmp_path):
 
 
 def test_circo_map10_by_semantic_aspect():
-    from zscir_cli.pipeline.bench_files import aspect_map10
+    from zscir_cli.jobs.protocols.predictions import aspect_map10
 
     q = [BenchQuery("0", "r", ["t"], ["a", "b"], "a", aspects=["cardinality", "viewpoint"]),
          BenchQuery("1", "r", ["t"], ["c"], "c", aspects=["cardinality"])]

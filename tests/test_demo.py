@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 
 def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
@@ -12,7 +13,8 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     for method in ("image", "text", "sum", "pic2word", "stage1", "tscir"):
         assert f"│ {method}" in out
     assert "R@1" in out and "mAP@10" in out and "not of any public benchmark" in out
-    assert "┃ recipe" in out and "│ Stage II: 40" in out and "│ Stage I: token learner + VSI + STA" in out
+    assert "┃ recipe" in out and "│ Stage I: token learner + VSI + STA" in out
+    assert re.search(r"│ Stage II: \d+ template/content triplets", out)
     assert "base CLIP (24 val images): caption R@1" in out
     assert page.is_file() and page.read_text().count("<section>") == 2
     kinds = sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json"))
@@ -33,7 +35,7 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     for name, metrics in res["evaluation"]["results"].items():
         assert 0 <= metrics["R@1"] <= metrics["R@10"] <= metrics["R@50"] <= 100
         assert metrics["method"] == name and metrics["recipe"]  # every row says how it was made
-    assert "40 template/content triplets" in res["evaluation"]["results"]["tscir"]["recipe"]
+    assert f"{len(rows)} template/content triplets" in res["evaluation"]["results"]["tscir"]["recipe"]
     ev = res["evaluation"]
     assert "scored" not in ev and "image" not in ev  # per-query details stay out of the summary
     assert ev["split"] == "test" and ev["queries"] == 12 and "reference removed" in ev["protocol"]
@@ -88,7 +90,7 @@ def test_prepare_and_pretrain_commands(cli, tmp_path):
 
 
 def test_demo_seed_reaches_every_stage():
-    from zscir_cli.pipeline.demo import DemoConfig
+    from zscir_cli.jobs.demo import DemoConfig
 
     cfg = DemoConfig().with_seed(7)
     assert {cfg.world.seed, cfg.pretrain.seed, cfg.stage1.seed, cfg.stage2.seed} == {7}
@@ -97,7 +99,7 @@ def test_demo_seed_reaches_every_stage():
 
 
 def test_demo_recipes(cli, tmp_path):
-    from zscir_cli.pipeline.demo import DemoConfig
+    from zscir_cli.jobs.demo import DemoConfig
 
     default, paper = DemoConfig(), DemoConfig().paper_recipe()
     assert (default.triplet_match, default.stage2.embedding_adapter, default.scene_reference) == \

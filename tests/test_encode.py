@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from zscir_cli.core.cache import ArtifactStore
-from zscir_cli.data.images import FilesGallery, FolderGallery
-from zscir_cli.pipeline.context import Context
+from zscir_cli.data.galleries import FilesGallery, FolderGallery
+from zscir_cli.jobs.context import Context
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -29,8 +29,8 @@ def _ctx(root: Path) -> Context:
 
 
 def test_index_and_feature_cache_hold_the_same_global_features(backbone, image_folder, tmp_path):
-    from zscir_cli.pipeline.features import cached_features
-    from zscir_cli.pipeline.indexing import index_gallery
+    from zscir_cli.jobs.retrieval.features import cached_features
+    from zscir_cli.jobs.retrieval.indexing import index_gallery
 
     gallery = FolderGallery(image_folder)
     alone = index_gallery(_ctx(tmp_path / "a"), backbone, gallery).artifact  # global features only
@@ -46,9 +46,9 @@ def test_index_and_feature_cache_hold_the_same_global_features(backbone, image_f
 
 
 def test_an_index_is_derived_from_existing_features_without_encoding(backbone, image_folder, tmp_path, monkeypatch):
-    from zscir_cli.pipeline import encode
-    from zscir_cli.pipeline.features import cached_features
-    from zscir_cli.pipeline.indexing import index_gallery
+    from zscir_cli.jobs.retrieval import encoder as encode
+    from zscir_cli.jobs.retrieval.features import cached_features
+    from zscir_cli.jobs.retrieval.indexing import index_gallery
 
     ctx = _ctx(tmp_path / "c")
     gallery = FolderGallery(image_folder)
@@ -85,7 +85,7 @@ def _corpus(folder: Path, n: int, offset: int = 0) -> list[str]:
 
 
 def test_triplet_images_are_identified_by_content(backbone, tmp_path):
-    from zscir_cli.pipeline.features import cached_features
+    from zscir_cli.jobs.retrieval.features import cached_features
 
     ctx = _ctx(tmp_path / "cache")
     first = _corpus(tmp_path / "one", 4)
@@ -109,7 +109,8 @@ def test_triplet_images_are_identified_by_content(backbone, tmp_path):
 
 def test_a_prepared_gallery_is_one_gallery_whatever_it_is_called(tmp_path):
     from zscir_cli.data.shapes import WorldConfig
-    from zscir_cli.pipeline.datasets import prepare_shapes, resolve_gallery
+    from zscir_cli.jobs.datasets.shapes import prepare_shapes
+    from zscir_cli.jobs.datasets.store import resolve_gallery
 
     ctx = _ctx(tmp_path / "cache")
     art, _ = prepare_shapes(ctx, WorldConfig(seed=0, train_pairs=2, val_pairs=2, cir_queries=2))

@@ -230,8 +230,8 @@ def test_interrupted_runs_in_ls_and_rm(cli, tmp_path):
     a run in progress is listed as such and kept."""
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.data.shapes import WorldConfig
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.datasets import prepare_shapes
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.datasets.shapes import prepare_shapes
 
     cache, release = tmp_path / "cache", tmp_path / "release"
     prepare_shapes(Context(store=ArtifactStore(cache)), WorldConfig(train_pairs=8, val_pairs=6, cir_queries=6))

@@ -17,7 +17,7 @@ from runs import prepared_world, zscir
 from safetensors.torch import load_file
 
 from zscir_cli.core.cache import ArtifactStore
-from zscir_cli.pipeline.training import interrupted_runs, read_metrics
+from zscir_cli.jobs.training.loop import interrupted_runs, read_metrics
 
 ARGS = ["pretrain", "--model", "zscir-tiny-vit", "--steps", "6", "--steps-per-epoch", "2", "--batch-size", "8",
         "--device", "cpu", "--json"]  # 3 epochs

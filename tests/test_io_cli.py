@@ -51,7 +51,7 @@ def test_help_of_every_command_shows_defaults_whole(cli):
 def _tiny_backbone_in(cache: Path) -> Path:
     """A 'zscir pretrain' checkpoint of zscir-tiny-vit, as the cache holds it (random weights)."""
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.pretrain import KIND, WEIGHTS
+    from zscir_cli.jobs.backbones import KIND, WEIGHTS
 
     model = load_backbone(ModelSpec("zscir-tiny-vit", "none")).model
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -181,8 +181,9 @@ def test_a_real_bug_is_still_called_a_bug(cli, monkeypatch):
 
 def test_prepare_waits_for_a_build_in_another_process(tmp_path):
     from zscir_cli.core.progress import Reporter
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.datasets import KIND, prepare_imagefolder
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.datasets.folders import prepare_imagefolder
+    from zscir_cli.jobs.datasets.store import KIND
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -197,8 +198,8 @@ def test_prepare_waits_for_a_build_in_another_process(tmp_path):
 
     ctx = Context(store=store, reporter=Recording())
     # the key this folder gets, computed as prepare_imagefolder does
-    from zscir_cli.data.images import FolderGallery
-    from zscir_cli.pipeline.indexing import gallery_identity
+    from zscir_cli.data.galleries import FolderGallery
+    from zscir_cli.jobs.retrieval.indexing import gallery_identity
 
     root = folder.resolve()
     files = sorted(root.glob("*.png"))

@@ -11,8 +11,8 @@ from runs import one_and_two_processes, prepared_world
 from safetensors.torch import load_file, save_file
 
 from zscir_cli.core.cache import ArtifactStore
-from zscir_cli.pipeline.context import Context
-from zscir_cli.pipeline.training import interrupted_runs, read_metrics
+from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.training.loop import interrupted_runs, read_metrics
 
 CFG = {"steps": 6, "batch_size": 8, "steps_per_epoch": 2, "seed": 0}  # 3 epochs of 2 steps
 
@@ -43,7 +43,7 @@ def _same(a: dict, b: dict) -> None:
 
 @pytest.mark.slow
 def test_pretrain_stopped_then_resumed_equals_uninterrupted(world, tmp_path):
-    from zscir_cli.pipeline.pretrain import PretrainConfig, pretrain
+    from zscir_cli.jobs.training.pretrain import PretrainConfig, pretrain
 
     full, built = pretrain(_ctx(_cache(world, tmp_path / "a")), PretrainConfig(**CFG))
     assert built and full.manifest["eval"]["val_images"] == 6
@@ -63,7 +63,7 @@ def test_pretrain_stopped_then_resumed_equals_uninterrupted(world, tmp_path):
 
 @pytest.mark.slow
 def test_failed_evaluation_keeps_the_training(world, tmp_path, monkeypatch):
-    from zscir_cli.pipeline import pretrain as P
+    from zscir_cli.jobs.training import pretrain as P
 
     full, _ = P.pretrain(_ctx(_cache(world, tmp_path / "a")), P.PretrainConfig(**CFG))
     cache = _cache(world, tmp_path / "b")

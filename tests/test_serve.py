@@ -19,11 +19,11 @@ def world(tmp_path_factory):
     from conftest import image_folder as make_folder
 
     from zscir_cli.core.cache import ArtifactStore
-    from zscir_cli.data.images import FolderGallery
+    from zscir_cli.data.galleries import FolderGallery
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.indexing import index_gallery
-    from zscir_cli.pipeline.service import load_service
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.retrieval.indexing import index_gallery
+    from zscir_cli.jobs.service.service import load_service
 
     base = tmp_path_factory.mktemp("serve")
     folder = make_folder.__wrapped__(base)
@@ -36,7 +36,7 @@ def world(tmp_path_factory):
 def client(world):
     from fastapi.testclient import TestClient
 
-    from zscir_cli.pipeline.service_app import create_app
+    from zscir_cli.web.app import create_app
 
     log: list[str] = []
     with TestClient(create_app(world[3], log=log.append)) as c:
@@ -190,8 +190,8 @@ def test_every_bad_request_is_a_4xx_with_error_and_hint(client, world):
 def test_upload_limits_bytes_and_pixels(world, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from zscir_cli.pipeline.service import Limits
-    from zscir_cli.pipeline.service_app import create_app
+    from zscir_cli.jobs.service.service import Limits
+    from zscir_cli.web.app import create_app
 
     _, folder, _, service = world
     small = type(service)(service.ctx, service.backbone, service.methods, service.indexes, Limits(max_upload_mb=0.01))
@@ -226,7 +226,7 @@ def test_the_page_is_offline_and_sets_user_strings_as_text(client):
 def test_concurrent_queries_are_answered_correctly_one_model_call_at_a_time(world):
     from fastapi.testclient import TestClient
 
-    from zscir_cli.pipeline.service_app import create_app
+    from zscir_cli.web.app import create_app
 
     cache, _, key, service = world
     ids = json.loads((cache / "index" / key / "ids.json").read_text())

@@ -35,10 +35,10 @@ def server(tmp_path_factory):
     from conftest import image_folder as make_folder
 
     from zscir_cli.core.cache import ArtifactStore
-    from zscir_cli.data.images import FolderGallery
+    from zscir_cli.data.galleries import FolderGallery
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.indexing import index_gallery
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.retrieval.indexing import index_gallery
 
     base = tmp_path_factory.mktemp("browser")
     folder = make_folder.__wrapped__(base)

@@ -13,7 +13,7 @@ from runs import prepared_world, torchrun, zscir
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.core.errors import UserError
 from zscir_cli.model.backbone import ModelSpec
-from zscir_cli.pipeline.context import Context
+from zscir_cli.jobs.context import Context
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 # 200 training images, batch 64: parts of 64 rows (4 parts, dealt to 2 processes as 0,2 / 1,3)
@@ -89,7 +89,7 @@ def test_a_kill_after_a_part_then_a_rerun_reuses_the_written_parts(world, single
 
 def _gallery(folder: Path, count: int):
     from zscir_cli.data import shapes
-    from zscir_cli.data.images import FilesGallery
+    from zscir_cli.data.galleries import FilesGallery
 
     folder.mkdir()
     cfg = shapes.WorldConfig(seed=5, image_size=32)
@@ -101,10 +101,10 @@ def _gallery(folder: Path, count: int):
 def test_one_process_equals_encode_once_and_unreadable_images_are_named(tmp_path):
     """The sharded path in one process (a group of one): parts of 4 rows give encode_once's bytes
     and key; an unreadable image is a user error naming it, with nothing left behind."""
-    from zscir_cli.pipeline.backbones import open_backbone
-    from zscir_cli.pipeline.distributed import Dist
-    from zscir_cli.pipeline.galleries import encode_once
-    from zscir_cli.pipeline.sharded_features import sharded_features
+    from zscir_cli.jobs.backbones import open_backbone
+    from zscir_cli.jobs.distributed import Dist
+    from zscir_cli.jobs.retrieval.encodings import encode_once
+    from zscir_cli.jobs.retrieval.sharded_features import sharded_features
 
     gallery = _gallery(tmp_path / "images", 10)
     one, many = (Context(store=ArtifactStore(tmp_path / c), device="cpu", workers=0) for c in ("one", "many"))
@@ -126,6 +126,6 @@ def test_one_process_equals_encode_once_and_unreadable_images_are_named(tmp_path
 
 
 def _gallery_of(folder: Path):
-    from zscir_cli.data.images import FilesGallery
+    from zscir_cli.data.galleries import FilesGallery
 
     return FilesGallery([str(p) for p in sorted(folder.glob("*.png"))])

@@ -70,7 +70,7 @@ def test_a_killed_run_resumes_and_skips_written_parts(gallery, single, tmp_path)
     assert killed.returncode != 0
     assert not (cache / "index").is_dir() or not any((cache / "index").iterdir())
     (parts_dir,) = (cache / ".parts").iterdir()
-    from zscir_cli.pipeline.embeddings import part_done
+    from zscir_cli.jobs.retrieval.embeddings import part_done
 
     # a part counts once both its files are there (a process stopped between the two redoes it)
     written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (parts_dir / "img_emb").glob("*.npy")

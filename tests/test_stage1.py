@@ -138,7 +138,7 @@ def test_info_nce_hand_computed():
 
 
 def test_vsi_grid_flag_and_its_renamed_alias(cli, tmp_path, monkeypatch):
-    from zscir_cli.pipeline import stage1
+    from zscir_cli.jobs.training import stage1
 
     seen = []
     monkeypatch.setattr(stage1, "map_train", lambda ctx, spec, cfg, resume=False, force=False: seen.append(cfg))
@@ -154,8 +154,8 @@ def test_vsi_grid_flag_and_its_renamed_alias(cli, tmp_path, monkeypatch):
 
 
 def test_self_retrieval_r1_ranks_every_val_image():
-    from zscir_cli.pipeline.features import FeatureSet
-    from zscir_cli.pipeline.stage1 import self_retrieval_r1
+    from zscir_cli.jobs.retrieval.features import FeatureSet
+    from zscir_cli.jobs.training.stage1 import self_retrieval_r1
 
     image = np.eye(4, dtype=np.float16)  # four orthogonal val images
     val = FeatureSet(None, ["a", "b", "c", "d"], image, image[:, None].repeat(2, axis=1), None)

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.model.backbone import ModelSpec
-from zscir_cli.pipeline.context import Context
-from zscir_cli.pipeline.stage1 import Stage1Config, map_train
+from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.training.stage1 import Stage1Config, map_train
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 SPEC = ModelSpec("zscir-tiny-vit", "none")
@@ -43,7 +43,7 @@ def test_resume_after_ctrl_c_reaches_the_same_weights(cache, tmp_path, monkeypat
     full = map_train(_ctx(cache), SPEC, Stage1Config(**CFG))
     other = tmp_path / "other"
     shutil.copytree(cache, other, ignore=shutil.ignore_patterns("stage1"))
-    from zscir_cli.pipeline import stage1
+    from zscir_cli.jobs.training import stage1
 
     calls = {"n": 0}
     real = stage1.info_nce

@@ -16,7 +16,7 @@ from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
 from zscir_cli.model.backbone import ModelSpec, load_backbone
 from zscir_cli.model.mapping import Mapper, MappingConfig
 from zscir_cli.model.text import TextEncoder, placeholder_token_id
-from zscir_cli.pipeline.stage2_data import caption_ids, likely_false_negatives, mine_hard_negatives
+from zscir_cli.jobs.training.composing import caption_ids, likely_false_negatives, mine_hard_negatives
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -49,7 +49,7 @@ def test_zero_initialised_adapters_leave_the_stage1_encoder_unchanged():
 
 
 def test_compose_train_puts_an_adapter_on_the_token_embeddings_unless_told_not_to():
-    from zscir_cli.pipeline.stage2 import Stage2Config, build_adapters
+    from zscir_cli.jobs.training.stage2 import Stage2Config, build_adapters
 
     enc = TextEncoder(load_backbone(ModelSpec("zscir-tiny-vit", "none")).model, 1)
     assert build_adapters(enc, Stage2Config(triplets="")).cfg.layers == [0, 1, 2, 3, 4]
@@ -98,7 +98,7 @@ def test_near_duplicate_captions_are_false_negatives_too():
 
 
 def test_no_hard_negatives_is_hard_negatives_0(cli, tmp_path, monkeypatch):
-    from zscir_cli.pipeline import stage2
+    from zscir_cli.jobs.training import stage2
 
     seen = []
     monkeypatch.setattr(stage2, "compose_train", lambda ctx, spec, cfg, resume=False, force=False: seen.append(cfg))
@@ -242,9 +242,9 @@ def test_tscir_takes_the_mapper_of_its_stage1_run_unless_tuned(cli, cache, tmp_p
 
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.core.errors import UserError
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.methods import load_method
-    from zscir_cli.pipeline.stage2 import Stage2Config, compose_train
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.retrieval.methods import load_method
+    from zscir_cli.jobs.training.stage2 import Stage2Config, compose_train
 
     trip = tmp_path / "t.jsonl"
     assert cli("synth", "--data", "shapes", "--mode", "scene", "--out", trip, "--max-triplets", "64",
@@ -276,8 +276,8 @@ def test_compose_train_resume_equals_uninterrupted(cli, cache, tmp_path):
     from safetensors.torch import load_file
 
     from zscir_cli.core.cache import ArtifactStore
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.stage2 import Stage2Config, compose_train
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.training.stage2 import Stage2Config, compose_train
 
     trip, other = _scene_triplets(cli, cache, tmp_path, 96)
     spec = ModelSpec("zscir-tiny-vit", "none")

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from zscir_cli.core.errors import UserError
-from zscir_cli.pipeline.features import FeatureSet
-from zscir_cli.pipeline.stage2 import ComposeLoss, Stage2Config
-from zscir_cli.pipeline.stage2_data import HardNegativeMiner, TripletData
-from zscir_cli.pipeline.training import Dist
+from zscir_cli.jobs.retrieval.features import FeatureSet
+from zscir_cli.jobs.training.stage2 import ComposeLoss, Stage2Config
+from zscir_cli.jobs.training.composing import HardNegativeMiner, TripletData
+from zscir_cli.jobs.training.loop import Dist
 
 CPU = torch.device("cpu")
 # six images on the unit circle (degrees); image 5 is named by no triplet, so it is never mined

@@ -32,8 +32,8 @@ def trained(tmp_path_factory) -> Path:
 def _train(cache: Path, triplets: Path, validate: bool):
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.model.backbone import ModelSpec
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.stage2 import Stage2Config, compose_train
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.training.stage2 import Stage2Config, compose_train
 
     cfg = Stage2Config(triplets=str(triplets), epochs=3, batch_size=32, lr=1e-2, hard_negatives=3, seed=1,
                        validate=validate)
@@ -45,7 +45,7 @@ def _train(cache: Path, triplets: Path, validate: bool):
 def test_stage2_validates_every_epoch_without_changing_the_weights(cli, trained, tmp_path):
     from safetensors.torch import load_file
 
-    from zscir_cli.pipeline.training import read_metrics
+    from zscir_cli.jobs.training.loop import read_metrics
 
     cache = tmp_path / "cache"
     shutil.copytree(trained / "cache", cache)
@@ -69,10 +69,10 @@ def test_stage2_validates_every_epoch_without_changing_the_weights(cli, trained,
     # neither encoding the val gallery (its loader draws a seed) nor validating moves the RNG
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.methods import load_method
-    from zscir_cli.pipeline.stage2 import Stage2Net
-    from zscir_cli.pipeline.stage2_data import ShapesValidation
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.retrieval.methods import load_method
+    from zscir_cli.jobs.training.stage2 import Stage2Net
+    from zscir_cli.jobs.training.validation import ShapesValidation
 
     ctx = Context(store=ArtifactStore(cache), workers=0)
     backbone = load_backbone(ModelSpec("zscir-tiny-vit", "none"))
@@ -99,7 +99,7 @@ def test_stage2_validates_every_epoch_without_changing_the_weights(cli, trained,
 
 
 def test_no_validation_without_a_shapes_val_split(tmp_path):
-    from zscir_cli.pipeline.stage2_data import ShapesValidation
+    from zscir_cli.jobs.training.validation import ShapesValidation
 
     class Art:
         def __init__(self, manifest):

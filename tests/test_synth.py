@@ -11,7 +11,7 @@ from PIL import Image
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.synth import normalise, propose_edits, scene_triplets, template_triplets
-from zscir_cli.pipeline.synth import read_triplets
+from zscir_cli.jobs.training.triplets import read_triplets
 
 CAPTIONS = [
     "a red dress with long sleeves",  # 0
@@ -239,7 +239,7 @@ def test_captions_outside_their_folder_are_refused_and_synth_writes_relative_pat
 
 def test_write_triplets_refuses_images_gone_since_the_captions_were_read(tmp_path):
     from zscir_cli.data.synth import SynthReport, Triplet
-    from zscir_cli.pipeline.synth import Corpus, write_triplets
+    from zscir_cli.jobs.training.triplets import Corpus, write_triplets
 
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     Image.new("RGB", (8, 8)).save(a)

@@ -12,8 +12,8 @@ from torch import nn
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.core.errors import UserError
-from zscir_cli.pipeline.context import Context
-from zscir_cli.pipeline.training import (
+from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.training.loop import (
     CHECKPOINT,
     Dist,
     TrainSpec,

@@ -80,7 +80,7 @@ def test_an_edited_caption_rebuilds_the_data_set(cli, tmp_path, image_folder):
     edited = json.loads(cli(*args)[1])
     assert edited["built"] and edited["key"] != first["key"]
     from zscir_cli.core.cache import ArtifactStore
-    from zscir_cli.pipeline.datasets import load_split
+    from zscir_cli.jobs.datasets.store import load_split
 
     art = ArtifactStore(cache).get("dataset", edited["key"])
     ds = load_split(art, "pairs", "train")

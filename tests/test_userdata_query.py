@@ -9,7 +9,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from zscir_cli.pipeline.query_reference import gallery_row_of
+from zscir_cli.jobs.retrieval.references import gallery_row_of
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -19,10 +19,10 @@ def indexed(tmp_path_factory):
     from conftest import image_folder as make_folder
 
     from zscir_cli.core.cache import ArtifactStore
-    from zscir_cli.data.images import FolderGallery
+    from zscir_cli.data.galleries import FolderGallery
     from zscir_cli.model.backbone import ModelSpec, load_backbone
-    from zscir_cli.pipeline.context import Context
-    from zscir_cli.pipeline.indexing import index_gallery
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.retrieval.indexing import index_gallery
 
     base = tmp_path_factory.mktemp("q")
     folder = make_folder.__wrapped__(base)
@@ -68,7 +68,7 @@ def test_another_image_excludes_nothing(cli, indexed, tmp_path):
 def test_stored_image_bytes_of_a_prepared_data_set_are_compared(tmp_path):
     import datasets as hf
 
-    from zscir_cli.data.images import DatasetGallery
+    from zscir_cli.data.galleries import DatasetGallery
 
     blobs = []
     for colour in ("red", "green", "blue"):

@@ -51,7 +51,7 @@ def interrupted(store) -> list[dict[str, Any]]:
     part = store.root / PARTIAL
     if not part.is_dir() or not any(part.iterdir()):
         return []  # spares the torch import that reading a run's state needs
-    from zscir_cli.pipeline.training import interrupted_runs
+    from zscir_cli.jobs.training.loop import interrupted_runs
 
     runs = []
     for run in interrupted_runs(store.root):

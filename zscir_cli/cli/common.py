@@ -8,7 +8,7 @@ from typing import Any
 
 from zscir_cli.cli.console import RichReporter, out
 from zscir_cli.core.cache import ArtifactStore
-from zscir_cli.pipeline.context import Context
+from zscir_cli.jobs.context import Context
 
 
 def make_context(cache_dir: Path | None = None, device: str = "auto",

@@ -55,9 +55,9 @@ def compose_train(
     cache_dir: CacheDir = None,
 ) -> None:
     """Stage II: train composing adapters on synthetic triplets with hard negative mining."""
-    from zscir_cli.pipeline.backbones import resolve_spec
-    from zscir_cli.pipeline.stage2 import Stage2Config
-    from zscir_cli.pipeline.stage2 import compose_train as run
+    from zscir_cli.jobs.backbones import resolve_spec
+    from zscir_cli.jobs.training.stage2 import Stage2Config
+    from zscir_cli.jobs.training.stage2 import compose_train as run
 
     if no_hard_negatives and hard_negatives:
         raise UserError(f"--no-hard-negatives contradicts --hard-negatives {hard_negatives}.", "Pass one of them.")

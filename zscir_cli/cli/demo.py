@@ -39,8 +39,8 @@ def demo(
     from dataclasses import replace
 
     from zscir_cli.cli.evaluate import results_table
-    from zscir_cli.pipeline.demo import DemoConfig, run_demo
-    from zscir_cli.pipeline.report import check_output
+    from zscir_cli.jobs.demo import DemoConfig, run_demo
+    from zscir_cli.core.outputs import check_output
 
     start = time.time()
     from zscir_cli.core.errors import UserError
@@ -74,7 +74,6 @@ def demo(
                     "html": str(html.resolve())})
         _serve(ctx, res.index_key, serve, port)
         return
-    from rich.table import Table
 
     for ex in res.examples:
         print_hits(ex)

@@ -47,12 +47,12 @@ def evaluate(
 ) -> None:
     """Evaluate methods on a benchmark split, following its protocol exactly."""
     from zscir_cli.core.errors import UserError
-    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
-    from zscir_cli.pipeline.datasets import find_dataset
-    from zscir_cli.pipeline.evaluate import evaluate as run_evaluation
-    from zscir_cli.pipeline.evaluate import open_suite, shapes_suite
-    from zscir_cli.pipeline.methods import TRAINED, MethodChoice, available_methods, check_method
-    from zscir_cli.pipeline.report import check_output
+    from zscir_cli.jobs.backbones import open_backbone, resolve_spec
+    from zscir_cli.jobs.datasets.store import find_dataset
+    from zscir_cli.jobs.protocols.results import evaluate as run_evaluation
+    from zscir_cli.jobs.protocols.suites import open_suite, shapes_suite
+    from zscir_cli.jobs.retrieval.methods import TRAINED, MethodChoice, available_methods, check_method
+    from zscir_cli.core.outputs import check_output
 
     ctx = make_context(cache_dir, device)
     name = dataset.split(":")[0]
@@ -141,7 +141,7 @@ def results_table(res, with_run: bool = False):
         table.add_row(r.method, r.recipe, *([r.run or "-"] if with_run else []),
                       *(f"{r.metrics[m]:.1f}" for m in SHAPES_METRICS))
     if res.target_caption is not None:
-        from zscir_cli.pipeline.evaluate import TARGET_CAPTION_LABEL
+        from zscir_cli.jobs.protocols.results import TARGET_CAPTION_LABEL
 
         table.add_section()
         table.add_row(TARGET_CAPTION_LABEL, "no training", *(["-"] if with_run else []),

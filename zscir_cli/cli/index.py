@@ -54,7 +54,7 @@ def index(
                         "e.g. zscir index photos/, or zscir index --embeddings out/ --model ViT-L-14 "
                         "--pretrained openai.")
     if max_memory is not None:  # before any model or gallery is loaded
-        from zscir_cli.pipeline.indexing import index_spec
+        from zscir_cli.jobs.retrieval.indexing import index_spec
 
         index_spec("flat", 1, 1, max_memory)
     ctx = make_context(cache_dir, device, workers)
@@ -84,19 +84,19 @@ def index(
 def _build(ctx, gallery: str | None, embeddings: Path | None, model: str | None, pretrained: str | None, *,
            batch_size: int, skip_bad: bool, force: bool, part_size: int, kind: str, max_memory: str | None):
     """(IndexResult, model label, extra JSON fields), or None on a torchrun process other than rank 0."""
-    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+    from zscir_cli.jobs.backbones import open_backbone, resolve_spec
 
     if embeddings is not None:
-        from zscir_cli.pipeline.embeddings import index_from_embeddings
+        from zscir_cli.jobs.retrieval.embeddings import index_from_embeddings
 
         backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
         res = index_from_embeddings(ctx, backbone, embeddings, force=force, kind=kind, max_memory=max_memory)
         return res, backbone.spec.label(), {}
-    from zscir_cli.pipeline.datasets import resolve_gallery
+    from zscir_cli.jobs.datasets.store import resolve_gallery
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
-        from zscir_cli.pipeline.sharded import index_sharded
-        from zscir_cli.pipeline.stage_shared import start_run
+        from zscir_cli.jobs.retrieval.sharded_index import index_sharded
+        from zscir_cli.jobs.distributed import start_run
 
         ctx, dev, d = start_run(ctx)
         images = resolve_gallery(ctx, gallery)
@@ -107,7 +107,7 @@ def _build(ctx, gallery: str | None, embeddings: Path | None, model: str | None,
             return None
         return sharded.index, backbone.spec.label(), {"parts": sharded.parts, "parts_reused": sharded.reused,
                                                       "processes": sharded.processes}
-    from zscir_cli.pipeline.indexing import index_gallery
+    from zscir_cli.jobs.retrieval.indexing import index_gallery
 
     images = resolve_gallery(ctx, gallery)
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))

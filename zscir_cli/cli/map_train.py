@@ -53,9 +53,9 @@ def map_train(
     Works under torchrun for data-parallel training:
     torchrun --nproc_per_node N -m zscir_cli map-train ...
     """
-    from zscir_cli.pipeline.backbones import resolve_spec
-    from zscir_cli.pipeline.stage1 import Stage1Config
-    from zscir_cli.pipeline.stage1 import map_train as run
+    from zscir_cli.jobs.backbones import resolve_spec
+    from zscir_cli.jobs.training.stage1 import Stage1Config
+    from zscir_cli.jobs.training.stage1 import map_train as run
 
     if vsi_tokens is not None:  # the old name, which read as M rather than the grid side
         warn(f"--vsi-tokens is renamed --vsi-grid (the grid side; M = 1 + grid^2 tokens): using "

@@ -11,7 +11,7 @@ from zscir_cli.cli import prepare_shards
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
-from zscir_cli.data.benchmarks import SPLITS
+from zscir_cli.data.public_trees import SPLITS
 from zscir_cli.data.captions import FORMAT_HELP
 
 app = typer.Typer(help="Prepare data sets: the shapes world, image folders, FashionIQ, CIRR, CIRCO.",
@@ -31,7 +31,7 @@ def shapes_cmd(
 ) -> None:
     """Generate the shapes world: image-caption pairs and a composed-retrieval benchmark."""
     from zscir_cli.data.shapes import WorldConfig
-    from zscir_cli.pipeline.datasets import prepare_shapes
+    from zscir_cli.jobs.datasets.shapes import prepare_shapes
 
     ctx = make_context(cache_dir)
     cfg = WorldConfig(seed=seed, image_size=image_size, train_pairs=train_pairs,
@@ -60,7 +60,7 @@ def imagefolder_cmd(
     cache_dir: CacheDir = None,
 ) -> None:
     """Record a folder of images (and captions) as a data set for map-train."""
-    from zscir_cli.pipeline.datasets import prepare_imagefolder
+    from zscir_cli.jobs.datasets.folders import prepare_imagefolder
 
     ctx = make_context(cache_dir)
     art, built = prepare_imagefolder(ctx, folder, name=name, skip_bad=skip_bad, force=force,
@@ -94,7 +94,7 @@ def _benchmark_command(name: str, title: str):
         json_out: Json = False,
         cache_dir: CacheDir = None,
     ) -> None:
-        from zscir_cli.pipeline.benchmarks import default_root, prepare_benchmark
+        from zscir_cli.jobs.protocols.trees import default_root, prepare_benchmark
 
         ctx = make_context(cache_dir)
         art, built = prepare_benchmark(ctx, name, root or default_root(name), skip_missing=skip_missing, force=force,

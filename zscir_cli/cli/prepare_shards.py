@@ -30,7 +30,7 @@ def webdataset_cmd(
     cache_dir: CacheDir = None,
 ) -> None:
     """Record webdataset tar shards (img2dataset's .jpg/.png + .txt per key) as a data set."""
-    from zscir_cli.pipeline.datasets_shards import prepare_webdataset
+    from zscir_cli.jobs.datasets.shards import prepare_webdataset
 
     ctx = make_context(cache_dir)
     art, built = prepare_webdataset(ctx, shards, name, skip_bad=skip_bad, missing_caption=missing_caption, force=force)
@@ -54,7 +54,7 @@ def csv_cmd(
     cache_dir: CacheDir = None,
 ) -> None:
     """Record a CSV/TSV file of image paths and captions (open_clip's convention) as a data set."""
-    from zscir_cli.pipeline.datasets_shards import prepare_csv
+    from zscir_cli.jobs.datasets.shards import prepare_csv
 
     ctx = make_context(cache_dir)
     art, built = prepare_csv(ctx, file, image_column=image_column, caption_column=caption_column, separator=separator,

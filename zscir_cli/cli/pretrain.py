@@ -38,8 +38,9 @@ def pretrain(
     Works under torchrun for data-parallel training:
     torchrun --nproc_per_node N -m zscir_cli pretrain ...
     """
-    from zscir_cli.pipeline.pretrain import PretrainConfig, backbone_spec
-    from zscir_cli.pipeline.pretrain import pretrain as run
+    from zscir_cli.jobs.backbones import backbone_spec
+    from zscir_cli.jobs.training.pretrain import PretrainConfig
+    from zscir_cli.jobs.training.pretrain import pretrain as run
 
     ctx = make_context(cache_dir, device)
     cfg = PretrainConfig(model=model, steps=steps, batch_size=batch_size, lr=lr, seed=seed,

@@ -49,9 +49,9 @@ def query(
         _batch_or_usage(queries, reference, text, method=method, run=run, top_k=top_k, index=index, model=model,
                         pretrained=pretrained, skip_invalid=skip_invalid, device=device, cache_dir=cache_dir)
         return
-    from zscir_cli.pipeline.backbones import open_backbone
-    from zscir_cli.pipeline.methods import check_method, load_method
-    from zscir_cli.pipeline.query import (
+    from zscir_cli.jobs.backbones import open_backbone
+    from zscir_cli.jobs.retrieval.methods import check_method, load_method
+    from zscir_cli.jobs.retrieval.query import (
         check_query_text,
         check_reference,
         index_and_model,

@@ -18,10 +18,10 @@ def query_batch(queries: Path, *, method: str, run: str | None, top_k: int, inde
                 cache_dir: Path | None) -> None:
     """Every line of QUERIES checked first, then answered with one model and one index, one JSON
     line per query on stdout, in input order."""
-    from zscir_cli.pipeline.backbones import open_backbone
-    from zscir_cli.pipeline.methods import check_method, load_method
-    from zscir_cli.pipeline.query import index_and_model, index_ids, load_index
-    from zscir_cli.pipeline.query_batch import read_queries, run_queries
+    from zscir_cli.jobs.backbones import open_backbone
+    from zscir_cli.jobs.retrieval.methods import check_method, load_method
+    from zscir_cli.jobs.retrieval.query import index_and_model, index_ids, load_index
+    from zscir_cli.jobs.retrieval.batch import read_queries, run_queries
 
     check_method(method)
     ctx = make_context(cache_dir, device)

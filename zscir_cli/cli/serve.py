@@ -64,8 +64,8 @@ def serve_indexes(ctx, index_refs: list[str], host: str, port: int, max_upload_m
     """Load the indexes, their model and methods once, then serve until Ctrl-C."""
     import uvicorn
 
-    from zscir_cli.pipeline.service import Limits, load_service
-    from zscir_cli.pipeline.service_app import create_app
+    from zscir_cli.jobs.service.service import Limits, load_service
+    from zscir_cli.web.app import create_app
 
     sock = bind(host, port)  # before loading: a busy port fails at once
     try:

@@ -26,13 +26,13 @@ def submit(
 ) -> None:
     """Write the test-server prediction files, validated before they are written."""
     from zscir_cli.core.errors import UserError
-    from zscir_cli.data.benchmarks import SPLITS
-    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
-    from zscir_cli.pipeline.bench_files import read_predictions, submission
-    from zscir_cli.pipeline.benchmarks import open_split
-    from zscir_cli.pipeline.evaluate import rank_split
-    from zscir_cli.pipeline.methods import check_method, load_method
-    from zscir_cli.pipeline.report import check_output_dir
+    from zscir_cli.data.public_trees import SPLITS
+    from zscir_cli.jobs.backbones import open_backbone, resolve_spec
+    from zscir_cli.jobs.protocols.predictions import read_predictions, submission
+    from zscir_cli.jobs.protocols.trees import open_split
+    from zscir_cli.jobs.protocols.ranking import rank_split
+    from zscir_cli.jobs.retrieval.methods import check_method, load_method
+    from zscir_cli.core.outputs import check_output_dir
 
     if dataset not in SPLITS:
         raise UserError(f"No submission format for '{dataset}'.", "Choose cirr, circo or fashioniq.")
@@ -75,9 +75,9 @@ def score(
 ) -> None:
     """Score prediction files offline, as the test server would, against a split with ground truth."""
     from zscir_cli.core.errors import UserError
-    from zscir_cli.data.benchmarks import SPLITS
-    from zscir_cli.pipeline.bench_files import score_files
-    from zscir_cli.pipeline.benchmarks import open_split, split_from_root
+    from zscir_cli.data.public_trees import SPLITS
+    from zscir_cli.jobs.protocols.predictions import score_files
+    from zscir_cli.jobs.protocols.trees import open_split, split_from_root
 
     if dataset not in SPLITS:
         raise UserError(f"Unknown benchmark '{dataset}'.", "Choose fashioniq, cirr or circo.")

@@ -15,7 +15,7 @@ from zscir_cli.data.captions import FORMAT_HELP
 
 def _embedder(ctx, model: str | None, pretrained: str | None):
     """The backbone's caption embedding, for nearest-caption targets."""
-    from zscir_cli.pipeline.backbones import open_backbone, resolve_spec
+    from zscir_cli.jobs.backbones import open_backbone, resolve_spec
 
     backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
 
@@ -55,7 +55,7 @@ def synth(
 ) -> None:
     """Write (reference, modification, target) triplets by template edits, without a language model."""
     from zscir_cli.core.errors import UserError
-    from zscir_cli.pipeline.synth import (
+    from zscir_cli.jobs.training.triplets import (
         check_options,
         corpus_from_dataset,
         corpus_from_file,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.captions import read_captions
-from zscir_cli.data.images import list_images
+from zscir_cli.data.galleries import list_images
 from zscir_cli.data.pixels import open_limited
 
 

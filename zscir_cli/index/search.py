@@ -22,6 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from zscir_cli.core.arrays import NpyAppender
 from zscir_cli.index.ann import FLAT, IndexSpec
 
 FEATURES = "features.npy"
@@ -173,33 +174,6 @@ def save(folder: Path, features: np.ndarray, ids: list[str], spec: IndexSpec = F
     writer = IndexWriter(Path(folder), len(features), spec)
     writer.append(features)
     writer.close(ids)
-
-
-class NpyAppender:
-    """Rows appended to a memory-mapped `.npy` of `capacity` rows, so a large gallery never sits in
-    memory; `close` cuts the file to the rows written (fewer when images were skipped)."""
-
-    def __init__(self, path: Path, capacity: int, dtype=np.float16):
-        self.path, self.capacity, self.dtype = Path(path), capacity, dtype
-        self.array: np.ndarray | None = None
-        self.count = 0
-
-    def append(self, x: np.ndarray) -> None:
-        if self.array is None:
-            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype,
-                                                   shape=(self.capacity, *x.shape[1:]))
-        self.array[self.count:self.count + len(x)] = x.astype(self.dtype)
-        self.count += len(x)
-
-    def close(self) -> None:
-        if self.array is None:
-            return
-        self.array.flush()
-        if self.count < self.capacity:
-            kept = np.array(self.array[:self.count])
-            self.array = None
-            np.save(self.path, kept)
-        self.array = None
 
 
 class IndexWriter:

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from zscir_cli.core.cache import resolve_cache_root
-from zscir_cli.core.jsonutil import file_sha256
+from zscir_cli.core.digests import file_sha256
 
 MEMO_FILE = Path(".memo") / "weights-sha256.json"
 HUB_ENDPOINT = "https://huggingface.co"

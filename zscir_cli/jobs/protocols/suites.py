@@ -1,0 +1,131 @@
+"""Suites: one split to evaluate, of the shapes world or a public benchmark: its queries, its
+galleries (FashionIQ has one per category) and its protocol's rules. `ranking.rank_split` ranks
+a suite with a query method, `results.evaluate` scores every method on it.
+
+Shapes protocol (ours, docs/lab.md): the whole split gallery ranked with the reference removed
+(as CIRR); every gallery scene equal to the target up to position is a ground truth (as CIRCO).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zscir_cli.data import shapes
+from zscir_cli.data.public_trees import BenchQuery
+from zscir_cli.data.galleries import Gallery
+from zscir_cli.data.images import load_rgb
+from zscir_cli.jobs.protocols.predictions import (
+    check_scorable,
+)
+from zscir_cli.jobs.protocols.trees import PROTOCOLS, PreparedSplit, open_split
+from zscir_cli.jobs.context import Context
+
+SHAPES_PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground truth = gallery scenes "
+                   "equal to the target up to position; R@K = any ground truth in the top K; "
+                   "mAP@K as CIRCO")
+
+
+class PathGallery(Gallery):
+    """Images of a prepared benchmark, by id; identified by the prepared artifact, part and split
+    (and the ids, when it is a subset)."""
+
+    def __init__(self, ids: list[str], paths: dict[str, str], source: dict[str, Any]):
+        self.ids, self.paths, self.source = ids, paths, source
+
+    def image(self, i: int):
+        return load_rgb(self.paths[self.ids[i]])
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self.source)
+
+
+@dataclass
+class Suite:
+    name: str  # shapes | fashioniq | cirr | circo
+    split: str
+    dataset_key: str
+    queries: list[BenchQuery]
+    galleries: dict[str, Gallery]  # group -> gallery
+    remove_reference: bool
+    excluded: int = 0  # queries left out for missing images
+    references: dict[str, str] = field(default_factory=dict)  # image id -> file, for images outside a gallery
+    target_captions: list[str] = field(default_factory=list)  # shapes: each query's target caption
+    wording: str = ""  # shapes: the phrasing family the queries are asked in
+    facets: dict[str, list[str]] = field(default_factory=dict)  # breakdown name -> each query's group
+    _where: dict[str, tuple[str, int]] | None = field(default=None, repr=False)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return bool(self.queries) and all(q.targets for q in self.queries)
+
+    def image(self, item: str):
+        """An image by id, for the worst-queries page."""
+        if self._where is None:
+            self._where = {x: (g, i) for g, gal in self.galleries.items() for i, x in enumerate(gal.ids)}
+        if item in self._where:
+            group, row = self._where[item]
+            return self.galleries[group].image(row)
+        return load_rgb(self.references[item])
+
+
+def shapes_suite(ctx: Context, dataset: str, split: str, wording: str | None = None,
+                 texts: dict[str, str] | None = None) -> Suite:
+    """A shapes world's CIR split. Its queries are asked in the split's own phrasing family, or
+    in `wording` (another family of `shapes.PHRASINGS`), or with `texts` (query id -> text:
+    any wording at all); references, targets, gallery and ground truth stay the same."""
+    from zscir_cli.jobs.datasets.store import find_dataset, load_split, resolve_gallery
+
+    art = find_dataset(ctx, dataset)
+    rows = load_split(art, "cir", split)
+    asked = list(rows["modification"])
+    if wording is not None:
+        asked = [reword(qid, edit, json.loads(slots), wording) for qid, edit, slots in
+                 zip(rows["query_id"], rows["edit_type"], rows["slots"])]
+    if texts is not None:
+        asked = [texts[qid] for qid in rows["query_id"]]
+    queries = [BenchQuery(str(qid), ref, [text], list(gt), target=tgt, edit=edit)
+               for qid, ref, text, gt, tgt, edit in
+               zip(rows["query_id"], rows["reference_id"], asked, rows["ground_truth"],
+                   rows["target_id"], rows["edit_type"])]
+    items = load_split(art, "gallery", split).select_columns(["id", "scene"])
+    scenes = dict(zip(items["id"], items["scene"]))
+    # the caption the world writes for the target's scene (template 0, as every gallery caption)
+    target_captions = [shapes.caption(shapes.Scene.from_json(scenes[q.target])) for q in queries]  # type: ignore[index]
+    facets = {"by_objects_R@1": [str(len(shapes.Scene.from_json(scenes[q.reference]).objects)) for q in queries]}
+    if any(rows["held_out_pair"]):  # test: the targets that hold a colour-shape pair no training source shows
+        facets["by_pair_R@1"] = ["held-out pair" if h else "seen pairs" for h in rows["held_out_pair"]]
+    return Suite("shapes", split, art.key, queries, {"": resolve_gallery(ctx, f"{art.key}:{split}")}, True,
+                 target_captions=target_captions, facets=facets,
+                 wording=wording or ("texts from a file" if texts is not None else split))
+
+
+def reword(qid: str, edit_type: str, slots: dict[str, str], family: str) -> str:
+    """Query `qid` asked in phrasing family `family` (one phrasing per query and family)."""
+    rng = np.random.default_rng([zlib.crc32(qid.encode()), shapes.FAMILIES.index(family)])
+    return shapes.phrase(edit_type, slots, family, rng)
+
+
+def benchmark_suite(data: PreparedSplit) -> Suite:
+    key = data.artifact.key if data.artifact is not None else ""
+    galleries: dict[str, Gallery] = {
+        g: PathGallery(ids, data.images, {"kind": "dataset", "dataset": key, "part": f"gallery/{g}" if g else "gallery",
+                                          "split": data.split, "name": data.name, "count": len(ids)})
+        for g, ids in data.galleries.items()}
+    return Suite(data.name, data.split, key, data.queries, galleries, data.name == "cirr", data.excluded,
+                 data.images)
+
+
+def open_suite(ctx: Context, dataset: str, split: str) -> Suite:
+    """The split to evaluate, checked (it exists, it has ground truth) before any model loads."""
+    if dataset in PROTOCOLS:
+        data = open_split(ctx, dataset, split)
+        check_scorable(data)
+        return benchmark_suite(data)
+    return shapes_suite(ctx, dataset, split)
+
+

@@ -1,0 +1,131 @@
+"""`zscir query --queries FILE.jsonl`: many queries in one process, one JSON line out per query.
+
+Each line of the file is {"reference": ..., "text": ..., "k": ...}: the reference is an id of the
+index or an image file (a relative path is relative to the queries file's folder, as in triplet
+files), `k` is optional. Every line is checked before the model is loaded: an invalid line is
+named by its number, and is either fatal or (with skipping) answered by an error line in its
+place, so the output has one line per query, in input order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Container, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import UnidentifiedImageError
+
+from zscir_cli.core.errors import UserError
+from zscir_cli.data.images import open_image_arg
+from zscir_cli.data.pixels import open_limited
+from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.retrieval.methods import QueryMethod
+from zscir_cli.jobs.retrieval.query import LoadedIndex, check_query_text, run_query
+
+KEYS = ("reference", "text", "k")
+EXPECTED = 'One JSON object a line: {"reference": "ID or image path", "text": "make it red", "k": 10}.'
+
+
+@dataclass
+class BatchQuery:
+    line: int  # 1-based line number in the file
+    reference: str = ""  # as written in the file
+    text: str = ""
+    k: int = 10
+    path: Path | None = None  # the reference's image file; None for an id
+    error: UserError | None = None
+    where: str = ""  # "FILE, line N", for messages
+
+
+def read_queries(path: Path, ids: Container[str], index_key: str, method: str,
+                 default_k: int = 10) -> list[BatchQuery]:
+    """Every non-blank line of `path`, checked against the index's ids (files by their header
+    only: nothing is decoded yet). Invalid lines carry their error."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"Queries file not found: {path}.", "Check the path.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text.", EXPECTED) from None
+    queries = [parse_line(path, n, raw, ids, index_key, method, default_k)
+               for n, raw in enumerate(lines, 1) if raw.strip()]
+    if not queries:
+        raise UserError(f"{path} holds no query.", EXPECTED)
+    return queries
+
+
+def parse_line(path: Path, n: int, raw: str, ids: Container[str], index_key: str, method: str,
+               default_k: int) -> BatchQuery:
+    where = f"{path}, line {n}"
+    q = BatchQuery(n, k=default_k, where=where)
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        q.error = UserError(f"{where}: not JSON ({e.msg}).", EXPECTED)
+        return q
+    try:
+        q.reference, q.text, q.k = _fields(obj, where, default_k)
+        check_query_text(q.text, method)
+        q.path = _reference_file(path, q.reference, ids, index_key, where)
+    except UserError as e:
+        q.error = e if e.message.startswith(where) else UserError(f"{where}: {e.message}", e.hint)
+    return q
+
+
+def _fields(obj: Any, where: str, default_k: int) -> tuple[str, str, int]:
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}.", EXPECTED)
+    unknown = sorted(set(obj) - set(KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown key '{unknown[0]}'.", f"The keys are {', '.join(KEYS)}.")
+    ref, text, k = obj.get("reference"), obj.get("text"), obj.get("k", default_k)
+    if not isinstance(ref, str) or not ref:
+        raise UserError(f"{where}: 'reference' must be a non-empty string (an id or an image path).", EXPECTED)
+    if not isinstance(text, str):
+        raise UserError(f"{where}: 'text' must be a string.", EXPECTED)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UserError(f"{where}: 'k' must be a whole number >= 1, got {json.dumps(k)}.", "Write \"k\": 10, say.")
+    return ref, text, k
+
+
+def _reference_file(path: Path, reference: str, ids: Container[str], index_key: str, where: str) -> Path | None:
+    """None for an id of the index; else the image file, its header read (format, pixel limit)."""
+    file = Path(reference).expanduser()
+    file = file if file.is_absolute() else path.parent / file
+    if reference in ids and not file.is_file():
+        return None
+    if not file.is_file():
+        raise UserError(f"{where}: '{reference}' is neither an id in index {index_key} nor an image file "
+                        f"(looked for {file}).", "Relative paths are relative to the queries file's folder.")
+    try:
+        open_limited(str(file), str(file)).close()
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{where}: cannot read {file} as an image ({e}).", "Give a .jpg, .png or .webp file.") from e
+    return file.resolve()
+
+
+def run_queries(ctx: Context, method: QueryMethod, loaded: LoadedIndex, queries: list[BatchQuery],
+                skip_invalid: bool = False) -> Iterator[dict[str, Any]]:
+    """One JSON object per query, in order: the answer (as `zscir query --json`, plus its line),
+    or, for an invalid line when skipping, {"line", "error", "hint"}."""
+    for q in ctx.reporter.track(queries, "queries"):
+        try:
+            if q.error is not None:
+                raise q.error
+            image = open_image_arg(q.path) if q.path is not None else None
+            # a file is passed by its resolved path, so that it is found in the gallery if it is there
+            res = run_query(ctx, method, loaded.artifact, str(q.path) if q.path else q.reference, q.text,
+                            k=q.k, reference_image=image, loaded=loaded)
+        except UserError as e:
+            fresh = q.error is None  # failed only now (a file that does not decode)
+            e = UserError(f"{q.where}: {e.message}", e.hint) if fresh else e
+            if not skip_invalid:
+                raise e from None
+            if fresh:  # the lines found invalid beforehand were reported then
+                ctx.reporter.info(f"{e} (answered with an error line)")
+            yield {"line": q.line, "error": e.message, "hint": e.hint or ""}
+            continue
+        yield {"line": q.line, **res.to_json(), "reference": q.reference}

@@ -1,0 +1,147 @@
+"""Composed-query methods: from reference images and modification texts to query features.
+
+Every query and every evaluation runs through `QueryMethod.encode`, so any method can be
+compared with any other on the same references, texts and gallery.
+
+| method   | query feature                                                               |
+|----------|-----------------------------------------------------------------------------|
+| image    | the reference image's feature                                                |
+| text     | the modification text's feature                                             |
+| sum      | normalise(normalised image feature + normalised text feature)               |
+| pic2word | "a photo of $ that {text}", $ from a token learner alone (no VSI, no STA)   |
+| stage1   | the same prompt with the Stage I mapper (token learner + VSI, trained with STA) |
+| tscir    | the same prompt through the text encoder with Stage II's composing adapters  |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from zscir_cli.core.cache import Artifact
+from zscir_cli.core.errors import UserError
+from zscir_cli.model.adapters import ComposingAdapters
+from zscir_cli.model.backbone import Backbone
+from zscir_cli.model.mapping import COMPOSE_PROMPT, Mapper, compose_tokens
+from zscir_cli.model.text import TextEncoder
+from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.runs import find_stage1, find_stage2, load_mapper, load_stage2
+
+BASELINES = ("image", "text", "sum")
+TRAINED = ("pic2word", "stage1", "tscir")
+METHODS = BASELINES + TRAINED
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """A row of an evaluation: a method, the run it uses (None: the newest) and the row's name."""
+
+    name: str
+    run: str | None = None
+    label: str | None = None  # default: the method's name
+
+
+BASELINE_RECIPES = {"image": "the reference image's feature, no training",
+                    "text": "the modification text's feature, no training",
+                    "sum": "image + text features, no training"}
+
+
+def describe(method: QueryMethod) -> str:
+    """How a method was made, in a line: what every results row says beside its numbers."""
+    if method.run is None:
+        return BASELINE_RECIPES.get(method.name, "no training")
+    m = method.run.manifest
+    cfg = m.get("config", {})
+    if method.name in ("pic2word", "stage1"):
+        parts = ["token learner", *(["VSI"] if cfg.get("vsi") else []), *(["STA"] if cfg.get("sta") else [])]
+        return f"Stage I: {' + '.join(parts)}, {cfg.get('epochs')} epochs"
+    layers = list(cfg.get("adapter_layers") or [])
+    blocks = f"{len([x for x in layers if x])} blocks" + (" + embeddings" if 0 in layers else "")
+    return (f"Stage II: {cfg.get('triplets')} {m.get('triplet_recipe', 'unknown')} triplets, adapters after "
+            f"{blocks}, {cfg.get('hard_negatives', 0)} hard negatives, {cfg.get('epochs')} epochs")
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise UserError(f"Unknown method '{method}'.", f"Choose one of: {', '.join(METHODS)}.")
+
+
+@dataclass
+class QueryMethod:
+    name: str
+    backbone: Backbone
+    mapper: Mapper | None = None
+    run: Artifact | None = None
+    adapters: ComposingAdapters | None = None
+
+    @property
+    def needs_tokens(self) -> bool:
+        """Whether references must come with their spatial tokens (VSI)."""
+        return self.mapper is not None and bool(self.mapper.cfg.vsi_layers)
+
+    @property
+    def grid(self) -> int:
+        return self.mapper.cfg.grid if self.mapper is not None else 4
+
+    @property
+    def prompt(self) -> str | None:
+        if self.mapper is None:
+            return None
+        return COMPOSE_PROMPT.replace("$", self.mapper.cfg.placeholder)
+
+    def encode(self, ref_v: np.ndarray, texts: list[str], ref_tokens: np.ndarray | None = None,
+               batch_size: int = 256) -> np.ndarray:
+        """(Q, D) normalised reference features (+ (Q, M, D) tokens) and Q texts -> (Q, D)."""
+        ref = torch.nn.functional.normalize(torch.from_numpy(np.asarray(ref_v, dtype=np.float32)), dim=-1)
+        if self.name == "image":
+            return ref.numpy()
+        if self.mapper is None:
+            txt = torch.cat([self.backbone.encode_texts(texts[i:i + batch_size]).cpu()
+                             for i in range(0, len(texts), batch_size)]) if texts else ref[:0]
+            if self.name == "text":
+                return txt.numpy()
+            return torch.nn.functional.normalize(ref + txt, dim=-1).numpy()
+        if self.needs_tokens and ref_tokens is None:
+            raise ValueError("this method needs the references' spatial tokens")
+        cfg = self.mapper.cfg
+        encoder = TextEncoder(self.backbone.model, cfg.placeholder_id)
+        device = self.backbone.device
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(texts), batch_size):
+                tokens, mask = compose_tokens(self.backbone.tokenizer, texts[s:s + batch_size], cfg.placeholder,
+                                              cfg.placeholder_id)
+                v = ref[s:s + batch_size].to(device)
+                vis = (torch.from_numpy(np.asarray(ref_tokens[s:s + batch_size], dtype=np.float32)).to(device)
+                       if self.needs_tokens else None)
+                hooks = self.adapters.hooks() if self.adapters is not None else None
+                out.append(self.mapper.encode(encoder, tokens.to(device), v, vis, extra_hooks=hooks,
+                                              mask=mask.to(device)).cpu())
+        return torch.cat(out).numpy() if out else ref[:0].numpy()
+
+
+def load_method(ctx: Context, name: str, backbone: Backbone, run: str | None = None) -> QueryMethod:
+    """A method ready to encode queries; trained methods find their newest run for the backbone."""
+    check_method(name)
+    if name in BASELINES:
+        return QueryMethod(name, backbone)
+    if name == "tscir":
+        art = find_stage2(ctx, backbone.spec, run)
+        mapper, adapters = load_stage2(ctx, art, backbone.device)
+        return QueryMethod(name, backbone, mapper, art, adapters)
+    art = find_stage1(ctx, backbone.spec, name, run)
+    return QueryMethod(name, backbone, load_mapper(art, backbone.device), art)
+
+
+def available_methods(ctx: Context, backbone: Backbone) -> list[str]:
+    """Baselines, plus each trained method that has a run for this backbone."""
+    out = list(BASELINES)
+    for name in TRAINED:
+        try:
+            load_method(ctx, name, backbone)
+            out.append(name)
+        except UserError:
+            pass
+    return out

@@ -1,1 +1,0 @@
-"""Use cases that the commands call: each takes plain values and a Context, returns results."""
