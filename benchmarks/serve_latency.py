@@ -41,7 +41,7 @@ def build_world(cache: Path, model: str | None, pretrained: str | None) -> tuple
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.datasets.shapes import prepare_shapes
     from zscir_cli.jobs.datasets.store import load_split, resolve_gallery
-    from zscir_cli.jobs.demo import DemoConfig, run_demo
+    from zscir_cli.jobs.demo.run import DemoConfig, run_demo
 
     ctx = Context(store=ArtifactStore(cache), workers=0)
     cfg = DemoConfig.quick()

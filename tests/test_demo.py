@@ -90,7 +90,7 @@ def test_prepare_and_pretrain_commands(cli, tmp_path):
 
 
 def test_demo_seed_reaches_every_stage():
-    from zscir_cli.jobs.demo import DemoConfig
+    from zscir_cli.jobs.demo.run import DemoConfig
 
     cfg = DemoConfig().with_seed(7)
     assert {cfg.world.seed, cfg.pretrain.seed, cfg.stage1.seed, cfg.stage2.seed} == {7}
@@ -99,7 +99,7 @@ def test_demo_seed_reaches_every_stage():
 
 
 def test_demo_recipes(cli, tmp_path):
-    from zscir_cli.jobs.demo import DemoConfig
+    from zscir_cli.jobs.demo.run import DemoConfig
 
     default, paper = DemoConfig(), DemoConfig().paper_recipe()
     assert (default.triplet_match, default.stage2.embedding_adapter, default.scene_reference) == \

@@ -72,7 +72,7 @@ def test_edits_no_scene_can_show_are_wrong_whatever_the_target(tq):
 
 
 def test_scene_recipe_triplets_are_all_right_and_the_table_counts(tq):
-    from zscir_cli.data.synth import scene_triplets
+    from zscir_cli.data.shapes.triplets import scene_triplets
 
     world = shapes.WorldConfig(seed=1, train_pairs=600)
     recs = [shapes.pair_record(world, "train", i) for i in range(world.train_pairs)]

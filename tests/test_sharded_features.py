@@ -76,13 +76,13 @@ def test_a_kill_after_a_part_then_a_rerun_reuses_the_written_parts(world, single
     assert killed.returncode != 0
     folders = list((cache / ".parts").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("features-")
-    written = sorted(p.name for p in folders[0].glob("part_*.json"))
-    assert 1 <= len(written) < 4 and "part_000000.json" in written  # rank 0 died after its first part
+    written = sorted(p.name for p in (folders[0] / "log").glob("part_*.json"))
+    assert 1 <= len(written) < 4 and "part_0.json" in written  # rank 0 died after its first part
     assert not (cache / "features").is_dir() or not _features(cache)
     res = torchrun(ARGS, cache)
     assert res.returncode == 0, res.stderr[-3000:]
     n = len(written)
-    assert f"resuming: {n} of 4 feature parts are already written" in res.stderr
+    assert f"resuming: {n} of 4 parts are already written" in res.stderr
     assert f"features: 4 part(s), {4 - n} written now" in res.stderr and f"({n} reused)" in res.stderr
     _assert_same_features(cache, single)
 

@@ -70,11 +70,9 @@ def test_a_killed_run_resumes_and_skips_written_parts(gallery, single, tmp_path)
     assert killed.returncode != 0
     assert not (cache / "index").is_dir() or not any((cache / "index").iterdir())
     (parts_dir,) = (cache / ".parts").iterdir()
-    from zscir_cli.jobs.retrieval.embeddings import part_done
-
-    # a part counts once both its files are there (a process stopped between the two redoes it)
+    # a part counts once its log is written, after both its files (a process stopped before redoes it)
     written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (parts_dir / "img_emb").glob("*.npy")
-               if part_done(parts_dir, p.stem.removeprefix("img_emb_"))}
+               if (parts_dir / "log" / f"part_{p.stem.removeprefix('img_emb_')}.json").is_file()}
     assert 1 <= len(written) <= 2  # each process wrote one part before its kill (or was stopped first)
     res = torchrun(["index", str(gallery), *ARGS], cache)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from zscir_cli.core.errors import UserError
-from zscir_cli.data.synth import normalise, propose_edits, scene_triplets, template_triplets
+from zscir_cli.data.shapes.triplets import scene_triplets
+from zscir_cli.data.synth import normalise, propose_edits, template_triplets
 from zscir_cli.jobs.training.triplets import read_triplets
 
 CAPTIONS = [

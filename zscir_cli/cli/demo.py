@@ -39,7 +39,7 @@ def demo(
     from dataclasses import replace
 
     from zscir_cli.cli.evaluate import results_table
-    from zscir_cli.jobs.demo import DemoConfig, run_demo
+    from zscir_cli.jobs.demo.run import DemoConfig, run_demo
     from zscir_cli.core.outputs import check_output
 
     start = time.time()

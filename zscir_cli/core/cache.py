@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from zscir_cli import __version__
-from zscir_cli.core import faults
+from zscir_cli.core import faults, locks
 from zscir_cli.core.durable import fsync_path, settle, write_failure
 from zscir_cli.core.errors import UserError
 from zscir_cli.core.digests import canonical_json, content_key
@@ -151,8 +151,6 @@ class ArtifactStore:
     def lock(self, kind: str, key: str, on_wait: Callable[[str], None] | None = None):
         """Hold the artifact's inter-process lock: build under it after checking `get` again, so
         two identical commands never both do the work (the second waits, then finds it)."""
-        from zscir_cli.core import locks
-
         self.ensure_writable()  # the lock file lives in the cache: say so if it cannot be written
 
         def waiting(who: str) -> None:
@@ -271,8 +269,6 @@ class ArtifactStore:
     def leftovers(self) -> list[Leftover]:
         """What interrupted writes and removals left under `.tmp/`, each marked live when the
         process writing it still holds its artifact's lock."""
-        from zscir_cli.core import locks
-
         found = []
         for path in self.incomplete():
             parsed = parse_temp_name(path.name)

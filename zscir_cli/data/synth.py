@@ -7,10 +7,8 @@ Two recipes:
   template drawn per edit type, and choose the target: the corpus image whose normalised
   caption equals the edited one, else the nearest caption by text embedding, accepted only
   above a similarity threshold, only if it holds the new word and lacks the old one.
-- scene (the shapes world): exact triplets from the scene graph: the edit is applied to the
-  reference's scene, the target is a corpus image whose scene equals the result up to position,
-  and the modification is worded with the world's training phrasings (never its val or test
-  ones).
+- scene (the shapes world, `data.shapes.triplets`): exact triplets from the scene graph, worded
+  with the same templates.
 
 This module never imports the model: the nearest-caption search takes an `embed` function.
 """
@@ -309,7 +307,7 @@ def template_triplets(ids: Sequence[str], captions: Sequence[str],
         by_type[c.edit_type].append(Triplet(ids[c.ref], ids[tgt], c.modification, captions[c.ref], captions[tgt],
                                             c.edit_type, c.old, c.new, round(score, 4), "template",
                                             f"template/{match}"))
-    return _balance(by_type, max_triplets, rng, rejected)
+    return balance(by_type, max_triplets, rng, rejected)
 
 
 def _accepts(c: Candidate, target_norm: str, match: str = "words") -> bool:
@@ -336,7 +334,7 @@ def _accepts(c: Candidate, target_norm: str, match: str = "words") -> bool:
     return all(w in words for w in c.new.split()) and c.old not in words
 
 
-def _balance(by_type: dict[str, list[Triplet]], max_triplets: int, rng: np.random.Generator,
+def balance(by_type: dict[str, list[Triplet]], max_triplets: int, rng: np.random.Generator,
              rejected: Counter) -> SynthReport:
     """Round-robin over edit types so that no type dominates; the rest is counted as 'over budget'."""
     for items in by_type.values():
@@ -351,30 +349,3 @@ def _balance(by_type: dict[str, list[Triplet]], max_triplets: int, rng: np.rando
     if over:
         rejected["over --max-triplets after balancing"] += over
     return SynthReport(kept, Counter(t.edit_type for t in kept), rejected)
-
-
-def scene_triplets(ids: Sequence[str], scenes: Sequence, captions: Sequence[str], *, max_triplets: int,
-                   seed: int = 0, per_scene: int = 6) -> SynthReport:
-    """Exact triplets of the shapes world: the edited scene must exist in the corpus."""
-    from zscir_cli.data import shapes
-
-    rng = np.random.default_rng(seed)
-    by_sig: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(scenes):
-        by_sig[s.signature()].append(i)
-    by_type: dict[str, list[Triplet]] = defaultdict(list)
-    rejected: Counter = Counter()
-    for row, scene in enumerate(scenes):
-        kinds = shapes.possible_edits(scene)
-        rng.shuffle(kinds)
-        for kind in kinds[:per_scene]:
-            edit = shapes.apply_edit(rng, scene, kind)
-            matches = [m for m in by_sig.get(edit.target.signature(), []) if m != row]
-            if not matches:
-                rejected["edited scene not in the corpus"] += 1
-                continue
-            tgt = matches[int(rng.integers(len(matches)))]
-            text = shapes.phrase(kind, edit.slots, "train", rng)  # the world's training phrasings
-            by_type[kind].append(Triplet(ids[row], ids[tgt], text, captions[row], captions[tgt], kind,
-                                         edit.old, edit.new, 1.0, "scene", "scene"))
-    return _balance(by_type, max_triplets, rng, rejected)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zscir_cli.model.mapping import load_strict
+
 WEIGHTS = "adapters.safetensors"
 CONFIG = "adapters.json"
 
@@ -64,8 +66,6 @@ class ComposingAdapters(nn.Module):
     @staticmethod
     def load(folder: Path, device: torch.device | str = "cpu") -> ComposingAdapters:
         from safetensors.torch import load_file
-
-        from zscir_cli.model.mapping import load_strict
 
         adapters = ComposingAdapters(AdapterConfig(**json.loads((Path(folder) / CONFIG).read_text())))
         load_strict(adapters, load_file(str(Path(folder) / WEIGHTS)), Path(folder) / WEIGHTS)

@@ -19,6 +19,7 @@ from typing import Any
 import open_clip
 import torch
 
+from zscir_cli.core.device import autocast
 from zscir_cli.core.errors import close_matches
 from zscir_cli.model.weights import (
     WeightsFileError,
@@ -166,8 +167,6 @@ class Backbone:
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised features (fp32)."""
-        from zscir_cli.core.device import autocast
-
         with autocast(self.device):
             feats = self.model.encode_image(images.to(self.device, non_blocking=True))
         return torch.nn.functional.normalize(feats.float(), dim=-1)
@@ -175,8 +174,6 @@ class Backbone:
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Plain prompts -> (B, D) L2-normalised features (fp32)."""
-        from zscir_cli.core.device import autocast
-
         tokens = self.tokenizer(texts).to(self.device)
         with autocast(self.device):
             feats = self.model.encode_text(tokens)

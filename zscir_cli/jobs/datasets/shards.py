@@ -23,6 +23,8 @@ from typing import Any
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.data import shards
+from zscir_cli.data.imagefolder import check_image
+from zscir_cli.data.paths import OUTSIDE_HINT, inside
 from zscir_cli.data.galleries import files_digest
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import KIND
@@ -192,9 +194,6 @@ def prepare_csv(ctx: Context, file: str | Path, *, image_column: str = "filepath
     """Record a CSV/TSV file of image paths and captions as a data set (split 'train'); the images
     stay in place. Relative paths are read from the file's folder, and must stay inside it
     unless `allow_outside`."""
-    from zscir_cli.data.imagefolder import check_image
-    from zscir_cli.jobs.training.triplets import OUTSIDE_HINT, inside
-
     path = Path(file).expanduser()
     if not path.is_file():
         raise UserError(f"CSV file not found: {path}.", "Give a CSV or TSV file with a header line.")

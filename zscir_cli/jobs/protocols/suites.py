@@ -24,6 +24,7 @@ from zscir_cli.jobs.protocols.predictions import (
 )
 from zscir_cli.jobs.protocols.trees import PROTOCOLS, PreparedSplit, open_split
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.datasets.store import find_dataset, load_split, resolve_gallery
 
 SHAPES_PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground truth = gallery scenes "
                    "equal to the target up to position; R@K = any ground truth in the top K; "
@@ -78,8 +79,6 @@ def shapes_suite(ctx: Context, dataset: str, split: str, wording: str | None = N
     """A shapes world's CIR split. Its queries are asked in the split's own phrasing family, or
     in `wording` (another family of `shapes.PHRASINGS`), or with `texts` (query id -> text:
     any wording at all); references, targets, gallery and ground truth stay the same."""
-    from zscir_cli.jobs.datasets.store import find_dataset, load_split, resolve_gallery
-
     art = find_dataset(ctx, dataset)
     rows = load_split(art, "cir", split)
     asked = list(rows["modification"])

@@ -12,8 +12,9 @@ from typing import Any
 
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
-from zscir_cli.data.public_trees import LOADERS, SPLITS, BenchQuery, present_splits, split_files
+from zscir_cli.data.public_trees import LOADERS, SOURCES, SPLITS, BenchQuery, present_splits, split_files, tree_hint
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.datasets.store import find_dataset
 
 KIND = "dataset"
 MAX_LISTED = 20
@@ -125,8 +126,6 @@ class PreparedSplit:
 
 
 def open_split(ctx: Context, name: str, split: str) -> PreparedSplit:
-    from zscir_cli.jobs.datasets.store import find_dataset
-
     art = find_dataset(ctx, name)
     if split not in SPLITS.get(name, ()):
         raise UserError(f"{name} has no split '{split}'.", f"Choose one of: {', '.join(SPLITS.get(name, ()))}.")
@@ -151,8 +150,6 @@ def default_root(name: str) -> Path:
 
     base = os.environ.get("ZSCIR_DATA")
     if not base:
-        from zscir_cli.data.public_trees import SOURCES, tree_hint
-
         raise UserError(f"No ROOT given for {name} and ZSCIR_DATA is not set.",
                         tree_hint(name, f"Get {name} from {SOURCES[name]}, then run 'zscir prepare {name} ROOT', "
                                         f"or set ZSCIR_DATA to the folder holding {name}/."))

@@ -14,7 +14,6 @@ parts that clip-retrieval (or anything else) made elsewhere.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -44,15 +43,10 @@ LAYOUT_HINT = ("Point --embeddings at the folder that holds img_emb/ and metadat
                "of clip-retrieval inference).")
 
 
-def part_name(i: int, count: int) -> str:
-    """clip-retrieval's part number: zero-padded to the digits of the part count."""
-    return str(i).zfill(int(math.log10(max(count, 1))) + 1)
-
-
 def publish_part(folder: Path, name: str, embeddings: Path, ids: list[str], paths: list[str], tmp: Path) -> None:
     """One part: `embeddings` (a finished .npy under a temporary name) renamed into place, then its
-    metadata, written under a temporary name and renamed: a crash leaves whole files or none (a
-    part counts as written once both are there with equal row counts; see `part_done`)."""
+    metadata, written under a temporary name and renamed: a crash leaves whole files or none (the
+    parts runner logs the part once both are in place)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -65,17 +59,6 @@ def publish_part(folder: Path, name: str, embeddings: Path, ids: list[str], path
                    meta_tmp)
     fsync_path(meta_tmp)
     os.replace(meta_tmp, folder / META_DIR / f"metadata_{name}.parquet")
-
-
-def part_done(folder: Path, name: str) -> bool:
-    """Both files of the part are there and agree on the row count."""
-    emb, meta = folder / IMG_DIR / f"img_emb_{name}.npy", folder / META_DIR / f"metadata_{name}.parquet"
-    if not (emb.is_file() and meta.is_file()):
-        return False
-    try:
-        return _npy_shape(emb)[0] == _parquet_rows(meta)
-    except (OSError, ValueError):
-        return False
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:

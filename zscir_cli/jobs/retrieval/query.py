@@ -16,7 +16,7 @@ from zscir_cli.data.galleries import Gallery
 from zscir_cli.data.images import open_image_arg
 from zscir_cli.index import search
 from zscir_cli.model.backbone import ModelSpec, identity_label
-from zscir_cli.jobs.backbones import spec_for_identity
+from zscir_cli.jobs.backbones import resolve_spec, spec_for_identity
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import gallery_from_source
 from zscir_cli.jobs.retrieval.features import encode_images_with_tokens
@@ -179,8 +179,6 @@ def index_and_model(ctx: Context, model: str | None, pretrained: str | None,
     if model is None and pretrained is None:
         art = resolve_query_index(ctx, None, index_ref)
         return art, spec_of_index(ctx, art)
-    from zscir_cli.jobs.backbones import resolve_spec
-
     spec = resolve_spec(ctx, model, pretrained)
     return resolve_query_index(ctx, spec, index_ref), spec
 

@@ -22,7 +22,9 @@ from typing import Any
 from zscir_cli.core.errors import UserError
 from zscir_cli.data import shapes
 from zscir_cli.data.captions import read_captions
-from zscir_cli.data.synth import MATCHES, SynthReport, scene_triplets, template_triplets
+from zscir_cli.data.shapes.triplets import scene_triplets
+from zscir_cli.data.paths import OUTSIDE_HINT, inside
+from zscir_cli.data.synth import MATCHES, SynthReport, template_triplets
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import find_dataset, load_split
 
@@ -127,18 +129,6 @@ class TripletFile:
     duplicates: int = 0  # lines that repeated an earlier (reference, target, modification)
 
 
-OUTSIDE_HINT = ("Keep the images in the file's folder or below it, or pass --allow-outside-paths "
-                "if you trust the file.")
-
-
-def inside(folder: Path, value: str) -> Path | None:
-    """`folder / value` when it stays inside `folder` (compared without following links, so a
-    linked image folder is fine), else None: absolute paths and '..' that climbs out."""
-    rel = Path(value).expanduser()
-    if rel.is_absolute():
-        return None
-    joined = Path(os.path.normpath(folder / rel))
-    return joined if joined == folder or folder in joined.parents else None
 
 
 def _image_path(path: Path, n: int, field: str, value: str, allow_outside: bool) -> Path:
