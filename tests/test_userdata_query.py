@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -9,7 +10,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from zscir_cli.jobs.retrieval.references import gallery_row_of
+from zscir_cli.jobs.retrieval.references import reference_arg, resolve, upload_arg
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -78,8 +79,21 @@ def test_stored_image_bytes_of_a_prepared_data_set_are_compared(tmp_path):
     ds = hf.Dataset.from_dict({"id": ["r", "g", "b"], "image": [{"bytes": b, "path": None} for b in blobs]},
                               features=hf.Features({"id": hf.Value("string"), "image": hf.Image()}))
     gallery = DatasetGallery(ds, {"kind": "dataset", "dataset": "k", "split": "test"})
+    from zscir_cli.core.cache import Artifact
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.retrieval.query import LoadedIndex
+
+    def index(folder, with_gallery):  # an index of ids b, g made before digests were kept
+        folder.mkdir()
+        return LoadedIndex(Context(), Artifact("index", folder.name, folder, {}), None, None, ["b", "g"],
+                           gallery if with_gallery else None, {"b": 0, "g": 1},
+                           {"r": 0, "g": 1, "b": 2} if with_gallery else {})
+
+    loaded = index(tmp_path / "old", True)
     (tmp_path / "g.png").write_bytes(blobs[1])
-    assert gallery_row_of(tmp_path / "g.png", ["b", "g"], gallery) == 1  # a row of the index's ids
-    assert gallery_row_of(blobs[2], ["b", "g"], gallery) == 0  # an upload's bytes
-    assert gallery_row_of(blobs[0], ["b", "g"], gallery) is None  # not in the index
-    assert gallery_row_of(tmp_path / "g.png", ["b", "g"], None) is None  # gallery gone
+    assert resolve(reference_arg(str(tmp_path / "g.png")), loaded).row == 1  # a row of the index's ids
+    assert resolve(upload_arg(blobs[2], "up.png"), loaded).row == 0  # an upload's bytes
+    assert resolve(upload_arg(blobs[0], "up.png"), loaded).row is None  # not in the index
+    assert json.loads((tmp_path / "old" / "digests.json").read_text())[1] == hashlib.sha256(blobs[1]).hexdigest()
+    gone = index(tmp_path / "gone", False)
+    assert resolve(reference_arg(str(tmp_path / "g.png")), gone).row is None  # gallery gone

@@ -51,31 +51,25 @@ def query(
         return
     from zscir_cli.jobs.backbones import open_backbone
     from zscir_cli.jobs.retrieval.methods import check_method, load_method
-    from zscir_cli.jobs.retrieval.query import (
-        check_query_text,
-        check_reference,
-        index_and_model,
-        index_ids,
-        run_query,
-        write_html,
-    )
+    from zscir_cli.jobs.retrieval.query import check_query_text, index_and_model, load_index, run_query, write_html
+    from zscir_cli.jobs.retrieval.references import reference_arg, resolve
 
     # everything the user typed is checked before an index or a model is opened
     check_method(method)
     check_query_text(text, method)
-    ref_image = check_reference(reference)
+    arg = reference_arg(reference)
 
     ctx = make_context(cache_dir, device)
     art, spec = index_and_model(ctx, model, pretrained, index)
-    if ref_image is None:
-        check_reference(reference, index_ids(art))
+    loaded = load_index(ctx, art)
+    ref = resolve(arg, loaded)  # an id the index lacks fails here, before the model loads
     if index is not None or model is not None or pretrained is not None:
         err.print(f"using index {art.key} ({art.description})", highlight=False, markup=False)
     backbone = open_backbone(ctx, spec)
     qm = load_method(ctx, method, backbone, run)
     if qm.run is not None:
         err.print(f"using {method} run {qm.run.key}", highlight=False, markup=False)
-    res = run_query(ctx, qm, art, reference, text, k=top_k, reference_image=ref_image)
+    res = run_query(ctx, qm, loaded, ref, text, k=top_k)
     if html is not None:
         write_html([res], html, title=f"zscir: {text}")
         err.print(f"wrote {html}", highlight=False, markup=False)

@@ -3,11 +3,16 @@ for want of space or permission turned into a sentence naming the path and the f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
+from zscir_cli.core import faults
 from zscir_cli.core.errors import UserError
 
 _ROOM = "Free some space, or move the cache to a disk with room (--cache-dir DIR or ZSCIR_HOME)."
@@ -63,6 +68,33 @@ def settle(folder: Path) -> None:
             os.chmod(path, 0o666 & ~mask)
             fsync_path(Path(path))
         fsync_path(Path(dirpath))
+
+
+def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *,
+                     kill_point: str | None = None) -> None:
+    """The one durable write of a file: `data` (bytes, or a function that writes to the open
+    file) goes to a temporary file of its own beside `path` (pid and a random part: two processes,
+    or a killed one's leftover, never share one), is flushed and fsync'd, then renamed over
+    `path`, and the folder is fsync'd so that the rename survives a power cut. A crash at any
+    instant leaves the old file or the new one, never a torn one; a failed write leaves nothing."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.incomplete")
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if kill_point:
+            faults.point(kill_point)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
+        fsync_path(path.parent)
 
 
 def fsync_path(path: Path) -> None:

@@ -28,6 +28,12 @@ def list_images(root: str | Path) -> list[Path]:
     return files
 
 
+def image_digest(data: bytes) -> str:
+    """What identifies an image by its content: the sha256 of its encoded bytes (a copy of a file
+    anywhere, or an upload of it, has the same)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def files_digest(names: list[str], files: list[Path]) -> str:
     """A digest of each file's relative name, size and mtime: editing, adding, removing or
     renaming one image changes it; reading the images is not needed."""
@@ -50,6 +56,10 @@ class Gallery:
     def image(self, i: int) -> Image.Image:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def raw(self, i: int) -> bytes:
+        """Image i's encoded bytes, as stored: what `image_digest` identifies it by."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def identity(self) -> dict[str, Any]:
         """What makes two galleries the same images, whatever name they were asked by: the key
         of every artifact built on a gallery (features, index) includes it."""
@@ -65,6 +75,9 @@ class FolderGallery(Gallery):
 
     def image(self, i: int) -> Image.Image:
         return load_rgb(self.files[i])
+
+    def raw(self, i: int) -> bytes:
+        return self.files[i].read_bytes()
 
     def path(self, i: int) -> Path:
         return self.files[i]
@@ -86,6 +99,9 @@ class FilesGallery(Gallery):
     def image(self, i: int) -> Image.Image:
         return load_rgb(self.files[i])
 
+    def raw(self, i: int) -> bytes:
+        return self.files[i].read_bytes()
+
     def identity(self) -> dict[str, Any]:
         rel = [Path(os.path.relpath(p, self.root)).as_posix() for p in self.files]
         return {"kind": "files", "root": str(self.root), "files": len(self.ids), "digest": files_digest(rel, self.files)}
@@ -98,9 +114,18 @@ class DatasetGallery(Gallery):
         self.dataset = dataset
         self.ids = list(dataset["id"])
         self.source = source
+        self._cells = None  # the image column undecoded, made on first use
 
     def image(self, i: int) -> Image.Image:
         return load_rgb(self.dataset[i]["image"])
+
+    def raw(self, i: int) -> bytes:
+        if self._cells is None:
+            import datasets as hf  # heavy: only galleries of prepared data sets need it
+
+            self._cells = self.dataset.cast_column("image", hf.Image(decode=False)).select_columns(["image"])
+        cell = self._cells[i]["image"]
+        return cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
 
     def identity(self) -> dict[str, Any]:
         # the prepared artifact, part and split fix the images; the name it was asked by does not

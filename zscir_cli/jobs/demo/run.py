@@ -19,7 +19,8 @@ from zscir_cli.jobs.retrieval.indexing import index_gallery
 from zscir_cli.jobs.retrieval.methods import BASELINES, MethodChoice, load_method
 from zscir_cli.jobs.backbones import backbone_spec
 from zscir_cli.jobs.training.pretrain import PretrainConfig, pretrain
-from zscir_cli.jobs.retrieval.query import QueryResult, run_query, write_html
+from zscir_cli.jobs.retrieval.query import QueryResult, load_index, run_query, write_html
+from zscir_cli.jobs.retrieval.references import ID, ReferenceArg, resolve
 from zscir_cli.jobs.training.stage1 import Stage1Config, map_train
 from zscir_cli.jobs.training.stage2 import Stage2Config, compose_train
 from zscir_cli.jobs.training.triplets import corpus_from_dataset, synthesise, write_triplets
@@ -134,6 +135,7 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
     t = time.time()
     ctx.reporter.info(f"6/7 example queries (method {method.name})")
     queries = load_split(data, "cir", cfg.split)
+    loaded = load_index(ctx, index)
     examples, seen = [], set()
     for row in queries:  # one example per edit type, in order
         if len(examples) >= cfg.examples:
@@ -141,8 +143,8 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
         if row["edit_type"] in seen:
             continue
         seen.add(row["edit_type"])
-        examples.append(run_query(ctx, method, index, row["reference_id"], row["modification"],
-                                  k=cfg.top_k))
+        reference = resolve(ReferenceArg(ID, row["reference_id"]), loaded)
+        examples.append(run_query(ctx, method, loaded, reference, row["modification"], k=cfg.top_k))
     if cfg.html is not None:
         write_html(examples, cfg.html, title=f"zscir demo: shapes world, method {method.name}")
     timings["examples"] = time.time() - t

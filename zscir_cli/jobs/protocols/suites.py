@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,9 @@ class PathGallery(Gallery):
 
     def image(self, i: int):
         return load_rgb(self.paths[self.ids[i]])
+
+    def raw(self, i: int) -> bytes:
+        return Path(self.paths[self.ids[i]]).read_bytes()
 
     def identity(self) -> dict[str, Any]:
         return dict(self.source)

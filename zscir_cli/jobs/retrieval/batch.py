@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import UnidentifiedImageError
-
 from zscir_cli.core.errors import UserError
-from zscir_cli.data.images import open_image_arg
-from zscir_cli.data.pixels import open_limited
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.methods import QueryMethod
 from zscir_cli.jobs.retrieval.query import LoadedIndex, check_query_text, run_query
+from zscir_cli.jobs.retrieval.references import ID, ReferenceArg, reference_arg, resolve
 
 KEYS = ("reference", "text", "k")
 EXPECTED = 'One JSON object a line: {"reference": "ID or image path", "text": "make it red", "k": 10}.'
@@ -34,7 +31,7 @@ class BatchQuery:
     reference: str = ""  # as written in the file
     text: str = ""
     k: int = 10
-    path: Path | None = None  # the reference's image file; None for an id
+    arg: ReferenceArg | None = None  # the reference, checked (a file's header read)
     error: UserError | None = None
     where: str = ""  # "FILE, line N", for messages
 
@@ -69,7 +66,7 @@ def parse_line(path: Path, n: int, raw: str, ids: Container[str], index_key: str
     try:
         q.reference, q.text, q.k = _fields(obj, where, default_k)
         check_query_text(q.text, method)
-        q.path = _reference_file(path, q.reference, ids, index_key, where)
+        q.arg = _reference(path, q.reference, ids, index_key, where)
     except UserError as e:
         q.error = e if e.message.startswith(where) else UserError(f"{where}: {e.message}", e.hint)
     return q
@@ -91,20 +88,21 @@ def _fields(obj: Any, where: str, default_k: int) -> tuple[str, str, int]:
     return ref, text, k
 
 
-def _reference_file(path: Path, reference: str, ids: Container[str], index_key: str, where: str) -> Path | None:
-    """None for an id of the index; else the image file, its header read (format, pixel limit)."""
-    file = Path(reference).expanduser()
-    file = file if file.is_absolute() else path.parent / file
-    if reference in ids and not file.is_file():
-        return None
-    if not file.is_file():
-        raise UserError(f"{where}: '{reference}' is neither an id in index {index_key} nor an image file "
-                        f"(looked for {file}).", "Relative paths are relative to the queries file's folder.")
+def _reference(path: Path, reference: str, ids: Container[str], index_key: str, where: str) -> ReferenceArg:
+    """An id of the index, or an image file relative to the queries file's folder, its header read."""
+    if reference in ids and not (path.parent / Path(reference).expanduser()).is_file():
+        return ReferenceArg(ID, reference)
     try:
-        open_limited(str(file), str(file)).close()
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{where}: cannot read {file} as an image ({e}).", "Give a .jpg, .png or .webp file.") from e
-    return file.resolve()
+        arg = reference_arg(reference, path.parent)
+    except UserError as e:
+        if e.message.startswith("Cannot read"):
+            raise
+        arg = ReferenceArg(ID, reference)
+    if arg.kind == ID:
+        raise UserError(f"{where}: '{reference}' is neither an id in index {index_key} nor an image file "
+                        f"(looked for {path.parent / Path(reference).expanduser()}).",
+                        "Relative paths are relative to the queries file's folder.")
+    return arg
 
 
 def run_queries(ctx: Context, method: QueryMethod, loaded: LoadedIndex, queries: list[BatchQuery],
@@ -115,10 +113,8 @@ def run_queries(ctx: Context, method: QueryMethod, loaded: LoadedIndex, queries:
         try:
             if q.error is not None:
                 raise q.error
-            image = open_image_arg(q.path) if q.path is not None else None
-            # a file is passed by its resolved path, so that it is found in the gallery if it is there
-            res = run_query(ctx, method, loaded.artifact, str(q.path) if q.path else q.reference, q.text,
-                            k=q.k, reference_image=image, loaded=loaded)
+            assert q.arg is not None
+            res = run_query(ctx, method, loaded, resolve(q.arg, loaded), q.text, k=q.k)
         except UserError as e:
             fresh = q.error is None  # failed only now (a file that does not decode)
             e = UserError(f"{q.where}: {e.message}", e.hint) if fresh else e

@@ -19,14 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from zscir_cli.core import faults
 from zscir_cli.core.device import autocast
-from zscir_cli.data.galleries import Gallery
+from zscir_cli.data.galleries import Gallery, image_digest
+from zscir_cli.data.images import load_rgb
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.model.visual import encode_with_tokens
 from zscir_cli.jobs.context import Context
 
 
 class ImageRows(Dataset):
-    """Reader and decoder: gallery row -> (preprocessed tensor, row, error or None)."""
+    """Reader and decoder: gallery row -> (preprocessed tensor, row, error or None, digest of the
+    image's bytes or None). Each image's bytes are read once: hashed, then decoded."""
 
     def __init__(self, gallery: Gallery, preprocess):
         self.gallery = gallery
@@ -37,16 +39,17 @@ class ImageRows(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return self.preprocess(self.gallery.image(i)), i, None
+            raw = self.gallery.raw(i)
+            return self.preprocess(load_rgb(raw)), i, None, image_digest(raw)
         except Exception as e:  # noqa: BLE001 - reported per image, never swallowed
-            return None, i, f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            return None, i, f"{type(e).__name__}: {e}".splitlines()[0][:200], None
 
 
 def collate_rows(batch):
-    good = [(x, i) for x, i, err in batch if err is None]
-    bad = [(i, err) for _, i, err in batch if err is not None]
-    images = torch.stack([x for x, _ in good]) if good else None
-    return images, [i for _, i in good], bad
+    good = [(x, i, h) for x, i, err, h in batch if err is None]
+    bad = [(i, err) for _, i, err, _ in batch if err is not None]
+    images = torch.stack([x for x, _, _ in good]) if good else None
+    return images, [i for _, i, _ in good], bad, [h for _, _, h in good]
 
 
 class Writer(Protocol):
@@ -71,6 +74,7 @@ class Timings:
 class RunStats:
     rows: list[int] = field(default_factory=list)  # rows written, in order
     failures: list[tuple[int, str]] = field(default_factory=list)  # (row, error)
+    digests: list[str] = field(default_factory=list)  # `image_digest` of each row written, in order
     timings: Timings = field(default_factory=Timings)
 
 
@@ -96,7 +100,7 @@ def run_encoder(ctx: Context, backbone: Backbone, gallery: Gallery, writer: Writ
                         pin_memory=backbone.device.type == "cuda", persistent_workers=False)
     stats = RunStats()
     with ctx.reporter.task(description, total=len(gallery)) as task:
-        for images, rows, bad in _batches(loader, stats.timings):
+        for images, rows, bad, digests in _batches(loader, stats.timings):
             stats.failures.extend(bad)
             if images is not None:
                 t = time.perf_counter()
@@ -112,6 +116,7 @@ def run_encoder(ctx: Context, backbone: Backbone, gallery: Gallery, writer: Writ
                 stats.timings.write += time.perf_counter() - t
                 faults.point("encode:batch")
                 stats.rows.extend(rows)
+                stats.digests.extend(digests)
             task.advance(len(rows) + len(bad))
     return stats
 
@@ -154,6 +159,9 @@ class GalleryRows(Gallery):
 
     def image(self, i: int):
         return self.gallery.image(self.rows[i])
+
+    def raw(self, i: int) -> bytes:
+        return self.gallery.raw(self.rows[i])
 
     def identity(self) -> dict:
         return {**self.gallery.identity(), "rows": [self.rows[0], self.rows[-1] + 1] if len(self.rows) else []}

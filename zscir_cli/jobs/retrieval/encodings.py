@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ from zscir_cli.jobs.retrieval.encoder import RunStats, run_encoder
 
 INDEX = "index"
 FEATURES = "features"
+# beside ids.json in an index or features artifact: each row's `image_digest`, so that a query's
+# reference file (or upload) is known to be an indexed image without reading the gallery again
+DIGESTS = "digests.json"
 MAX_NAMED_FAILURES = 20
 
 
@@ -153,6 +157,8 @@ def _index_from_features(ctx: Context, gallery: Gallery, source: Artifact, icfg:
         for s in range(0, len(ids), 65536):
             writer.append(np.asarray(image[s:s + 65536], dtype=np.float32))
         writer.close(ids)
+        if (source.path / DIGESTS).is_file():
+            shutil.copyfile(source.path / DIGESTS, out.path / DIGESTS)
         out.manifest.update({"count": len(ids), "dim": int(image.shape[1]), "gallery_source": gallery.source,
                              "skipped": [], "from_features": source.key, "index": kind.to_json(),
                              "timings_s": {"read_decode": 0.0, "encode": 0.0,
@@ -181,6 +187,7 @@ def _encode_into(ctx: Context, backbone: Backbone, gallery: Gallery, out: Encodi
         timings = stats.timings.as_dict()
         if ipend is not None and writer.index is not None:
             writer.index.close(ids)
+            (ipend.path / DIGESTS).write_text(json.dumps(stats.digests))
             ipend.manifest.update({
                 "description": index_description(len(ids), describe_source(gallery.source), label, kind),
                 "index": kind.to_json(),
@@ -190,6 +197,7 @@ def _encode_into(ctx: Context, backbone: Backbone, gallery: Gallery, out: Encodi
             writer.image.close()
             writer.tokens.close()
             (fpend.path / "ids.json").write_text(json.dumps(ids))
+            (fpend.path / DIGESTS).write_text(json.dumps(stats.digests))
             fpend.manifest.update(features_manifest(fpend, n, label, timings))
     if index is not None:
         out.index = ctx.store.get(INDEX, index[1])

@@ -21,6 +21,7 @@ from zscir_cli.index import ann, search
 from zscir_cli.index.ann import IndexSpec
 from zscir_cli.model.backbone import Backbone, ModelSpec
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.retrieval.encodings import DIGESTS
 from zscir_cli.jobs.retrieval.encodings import INDEX as KIND
 from zscir_cli.jobs.retrieval.encodings import (
     describe_source,
@@ -107,7 +108,9 @@ def _derive(ctx: Context, source: Artifact, icfg: dict[str, Any], key: str, spec
     with ctx.store.create(KIND, key, config=icfg, model=icfg["model"], inputs=[{"kind": KIND, "key": source.key}],
                           description=index_description(m["count"], describe_source(m.get("gallery_source", {})),
                                                         label, spec)) as out:
-        for name in (search.FEATURES, search.IDS):  # artifacts never change: a hard link is a copy
+        for name in (search.FEATURES, search.IDS, DIGESTS):  # artifacts never change: a hard link is a copy
+            if not (source.path / name).is_file():  # an index made before digests were kept
+                continue
             try:
                 os.link(source.path / name, out.path / name)
             except OSError:

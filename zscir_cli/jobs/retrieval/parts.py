@@ -167,6 +167,7 @@ class PartsRun:
         stats = RunStats()
         for log in logs:
             stats.rows.extend(log["written"])
+            stats.digests.extend(log.get("digests", []))
             stats.failures.extend((int(r), str(e)) for r, e in log["failures"])
             for stage, s in log["timings_s"].items():
                 setattr(stats.timings, stage, getattr(stats.timings, stage) + float(s))
@@ -209,6 +210,7 @@ class PartsRun:
 
 
 def log_fields(stats: RunStats, rows: range) -> dict[str, Any]:
-    """A part's log: the gallery rows written, the unreadable ones, the seconds per stage."""
+    """A part's log: the gallery rows written, the unreadable ones, the seconds per stage, and the
+    digest of each image written."""
     return {"written": [rows[i] for i in stats.rows], "failures": [[rows[i], e] for i, e in stats.failures],
-            "timings_s": stats.timings.as_dict()}
+            "timings_s": stats.timings.as_dict(), "digests": stats.digests}

@@ -12,8 +12,8 @@ import numpy as np
 
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
-from zscir_cli.data.galleries import Gallery
-from zscir_cli.data.images import open_image_arg
+from zscir_cli.core.durable import write_atomically
+from zscir_cli.data.galleries import Gallery, image_digest
 from zscir_cli.index import search
 from zscir_cli.model.backbone import ModelSpec, identity_label
 from zscir_cli.jobs.backbones import resolve_spec, spec_for_identity
@@ -23,7 +23,8 @@ from zscir_cli.jobs.retrieval.features import encode_images_with_tokens
 from zscir_cli.jobs.retrieval.indexing import KIND as INDEX_KIND
 from zscir_cli.jobs.retrieval.indexing import find_index
 from zscir_cli.jobs.retrieval.methods import QueryMethod
-from zscir_cli.jobs.retrieval.references import gallery_row_of
+from zscir_cli.jobs.retrieval.encodings import DIGESTS
+from zscir_cli.jobs.retrieval.references import ID, Reference
 from zscir_cli.jobs.pages import figure, score_labels, write_page
 
 
@@ -75,22 +76,6 @@ def index_ids(index: Artifact) -> list[str]:
     return json.loads((index.path / search.IDS).read_text(encoding="utf-8"))
 
 
-def check_reference(reference: str, ids: list[str] | None = None):
-    """The reference as a decoded image when it is a file, None when it is an id of `ids`;
-    anything else is a user error, raised before any model is loaded."""
-    path = Path(reference).expanduser()
-    if path.is_file():
-        return open_image_arg(path)
-    if path.is_absolute() or reference.startswith(("~", "./", "../")):  # never an id
-        raise UserError(f"Image not found: {path}.", "Check the path.")
-    if ids is None or reference in ids:
-        return None
-    if any(s in reference for s in "/\\") or path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"):
-        raise UserError(f"Image not found: {path}.", "Check the path.")
-    raise UserError(f"'{reference}' is neither an image file nor an id in the index.",
-                    "Give an image path, or an id printed by an earlier query.")
-
-
 def check_query_text(text: str, method: str) -> None:
     if not text.strip() and method != "image":
         raise UserError("The modification text is empty.",
@@ -99,14 +84,30 @@ def check_query_text(text: str, method: str) -> None:
 
 @dataclass
 class LoadedIndex:
-    """An index read once (opened for `search.rank`, features, ids) with its gallery re-opened, for
-    a process that answers many queries (`zscir serve`, `zscir query --queries`)."""
+    """An index read once (opened for `search.rank`, features, ids) with its gallery re-opened:
+    what every query of `zscir query`, `query --queries` and `zscir serve` ranks against."""
+    ctx: Context
     artifact: Artifact
     faiss: Any  # search.OpenIndex
     features: np.ndarray
     ids: list[str]
     gallery: Gallery | None
-    rows: dict[str, int] = field(default_factory=dict)  # id -> row
+    rows: dict[str, int] = field(default_factory=dict)  # id -> index row (the first, as ids.index finds)
+    # id -> the gallery's own row: a folder re-listed since indexing, or images left out with
+    # --skip-bad, make the two differ
+    gallery_rows: dict[str, int] = field(default_factory=dict)
+    _digests: dict[str, int] | None = field(default=None, repr=False)
+
+    def digests(self) -> dict[str, int]:
+        """image digest -> index row (`references.resolve` reads it), from the index's digests
+        file; an index built before digests were kept gets one, from its gallery, once."""
+        if self._digests is None:
+            self._digests = {}
+            for row, digest in enumerate(index_digests(self.ctx, self.artifact, self.gallery, self.ids,
+                                                       self.gallery_rows)):
+                if digest:
+                    self._digests.setdefault(digest, row)
+        return self._digests
 
 
 def load_index(ctx: Context, index: Artifact) -> LoadedIndex:
@@ -115,60 +116,61 @@ def load_index(ctx: Context, index: Artifact) -> LoadedIndex:
     gallery = gallery_from_source(ctx, index.manifest.get("gallery_source", {}))
     rows: dict[str, int] = {}
     for r, i in enumerate(ids):
-        rows.setdefault(i, r)  # the first row of an id, as ids.index finds it
-    return LoadedIndex(index, opened, features, ids, gallery, rows)
+        rows.setdefault(i, r)
+    own = {i: r for r, i in reversed(list(enumerate(gallery.ids)))} if gallery is not None else {}
+    return LoadedIndex(ctx, index, opened, features, ids, gallery, rows, own)
 
 
-def run_query(ctx: Context, method: QueryMethod, index: Artifact, reference: str, text: str,
-              k: int = 10, reference_image: Any = None, loaded: LoadedIndex | None = None,
-              reference_bytes: bytes | None = None) -> QueryResult:
-    """Rank the index for (reference, text). `reference` is an image path or an id in the index;
-    `reference_image`, when given, is its decoded image (see `check_reference`), and `reference`
-    only its name (an upload's file name is never looked up as an id or a path). `loaded`: the
-    index already read by `load_index`. `reference_bytes`: an upload's content, compared with the
-    gallery's images instead of the file `reference` names."""
+def index_digests(ctx: Context, index: Artifact, gallery: Gallery | None, ids: list[str],
+                  gallery_rows: dict[str, int]) -> list[str | None]:
+    """Each index row's image digest. An index made before they were kept (no digests file) has
+    its gallery's images hashed once and the file added to it (said in one line); with the
+    gallery gone, or embeddings made elsewhere, no image can be recognised."""
+    path = index.path / DIGESTS
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    if gallery is None:
+        return []
+    ctx.reporter.info(f"index {index.key} predates image digests: hashing its {len(ids)} images once, to "
+                      "recognise a reference that is one of them (rebuilding it with --force does the same)")
+    out = [image_digest(gallery.raw(gallery_rows[i])) if i in gallery_rows else None
+           for i in ctx.reporter.track(ids, "hashing the indexed images")]
+    try:
+        write_atomically(path, json.dumps(out).encode())
+    except OSError:  # a read-only cache: this process keeps them in memory
+        pass
+    return out
+
+
+def run_query(ctx: Context, method: QueryMethod, loaded: LoadedIndex, ref: Reference, text: str,
+              k: int = 10) -> QueryResult:
+    """Rank the index for (reference, text); the reference itself is never among the results."""
     backbone = method.backbone
     check_query_text(text, method.name)
     if k < 1:
         raise UserError(f"--top-k must be at least 1, got {k}.", "Pass --top-k 10, say.")
-    loaded = loaded if loaded is not None else load_index(ctx, index)
-    features, ids, gallery = loaded.features, loaded.ids, loaded.gallery
-    exclude: list[int] = []
-    if reference_image is None and reference in loaded.rows and not Path(reference).is_file():
-        row = loaded.rows[reference]
-        ref_feat = np.asarray(features[row:row + 1], dtype=np.float32)
-        # the gallery's own row of the id: an index leaves out unreadable images (--skip-bad), and
-        # a folder may have gained files since, so index rows and gallery rows can differ
-        ref_img = gallery.image(gallery.ids.index(reference)) if gallery is not None and \
-            reference in gallery.ids else None
-        exclude = [row]  # never return the reference itself
-        if method.needs_tokens and ref_img is None:
-            raise UserError(f"The gallery of index {index.key} is gone, so reference '{reference}' "
-                            "cannot be re-read for its spatial tokens.", "Give the reference as an image file.")
-    else:
-        if reference_image is None and not Path(reference).expanduser().exists() \
-                and not any(s in reference for s in "/\\."):
-            raise UserError(f"'{reference}' is neither an image file nor an id in index {index.key}.",
-                            "Give an image path, or an id printed by an earlier query.")
-        ref_img = reference_image if reference_image is not None else open_image_arg(reference)
-        ref_feat = None
-        # the file (or upload) is itself an indexed image
-        same = gallery_row_of(reference if reference_bytes is None else reference_bytes, ids, gallery)
-        if same is not None:
-            exclude = [same]
-            ctx.reporter.info(f"the reference is the indexed image {ids[same]}: it is left out of the results")
+    exclude = [ref.row] if ref.row is not None else []
+    if ref.arg.kind != ID and ref.row is not None:
+        ctx.reporter.info(f"the reference is the indexed image {loaded.ids[ref.row]}: it is left out of the results")
     ref_tokens = None
-    if ref_feat is None or method.needs_tokens:
-        v, t = encode_images_with_tokens(backbone, [ref_img], method.grid) if method.needs_tokens else \
-            (backbone.encode_images(backbone.preprocess(ref_img).unsqueeze(0)).cpu().numpy(), None)
-        ref_feat = v if ref_feat is None else ref_feat
-        ref_tokens = t
+    if ref.arg.kind == ID and not method.needs_tokens:
+        ref_feat = np.asarray(loaded.features[ref.row:ref.row + 1], dtype=np.float32)  # type: ignore[operator]
+    else:
+        image = ref.image()
+        if image is None:
+            raise UserError(f"The gallery of index {loaded.artifact.key} is gone, so reference '{ref.name}' "
+                            "cannot be re-read for its spatial tokens.", "Give the reference as an image file.")
+        if method.needs_tokens:
+            ref_feat, ref_tokens = encode_images_with_tokens(backbone, [image], method.grid)
+        else:
+            ref_feat = backbone.encode_images(backbone.preprocess(image).unsqueeze(0)).cpu().numpy()
     query = method.encode(ref_feat, [text], ref_tokens)
     rows, scores = search.rank(loaded.faiss, query, k, exclude=[exclude])
-    hits = [Hit(r + 1, ids[i], float(s)) for r, (i, s) in enumerate(zip(rows[0], scores[0])) if i >= 0]
-    res = QueryResult(reference, text, method.name, index, backbone.spec.label(), hits, ref_img, gallery)
+    hits = [Hit(r + 1, loaded.ids[i], float(s)) for r, (i, s) in enumerate(zip(rows[0], scores[0])) if i >= 0]
+    res = QueryResult(ref.name, text, method.name, loaded.artifact, backbone.spec.label(), hits, ref.image(),
+                      loaded.gallery)
     res.run = method.run.key if method.run is not None else None
-    res.excluded_reference = ids[exclude[0]] if exclude else None
+    res.excluded_reference = loaded.ids[ref.row] if ref.row is not None else None
     return res
 
 

@@ -27,7 +27,7 @@ from zscir_cli.data.galleries import Gallery
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.distributed import Dist
 from zscir_cli.jobs.retrieval.encoder import RunStats, run_encoder
-from zscir_cli.jobs.retrieval.encodings import FEATURES, check_failures, features_config, features_manifest
+from zscir_cli.jobs.retrieval.encodings import DIGESTS, FEATURES, check_failures, features_config, features_manifest
 from zscir_cli.jobs.retrieval.parts import Part, PartsRun, log_fields, part_name
 from zscir_cli.model.backbone import Backbone
 
@@ -115,6 +115,7 @@ def _assemble(ctx: Context, backbone: Backbone, gallery: Gallery, run: PartsRun,
                     dst.append(np.asarray(src[s:s + COPY_ROWS]))
             dst.close()
         (out.path / "ids.json").write_text(json.dumps([gallery.ids[r] for r in stats.rows]))
+        (out.path / DIGESTS).write_text(json.dumps(stats.digests))
         timings = {**stats.timings.as_dict(), "assemble": round(time.perf_counter() - t, 3)}
         out.manifest.update(features_manifest(out, run.n, backbone.spec.label(), timings))
         out.manifest.update({"parts": run.count, "processes": run.d.world, "part_ranks": ranks})

@@ -10,6 +10,7 @@ read them; the other ranks return once their parts are written.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -29,6 +30,7 @@ from zscir_cli.jobs.distributed import Dist
 from zscir_cli.jobs.retrieval import embeddings as emb
 from zscir_cli.jobs.retrieval.encoder import RunStats, run_encoder
 from zscir_cli.jobs.retrieval.encodings import (
+    DIGESTS,
     INDEX,
     check_failures,
     describe_source,
@@ -159,6 +161,7 @@ def _assemble(ctx: Context, gallery: Gallery, run: PartsRun, icfg: dict[str, Any
                           description=index_description(len(ids), describe_source(gallery.source), label,
                                                         spec)) as out:
         emb.build_index(out.path, parts, ids, len(ids), ctx, spec, normalise=False)
+        (out.path / DIGESTS).write_text(json.dumps(stats.digests))
         (out.path / EMBEDDINGS).mkdir()
         for sub in (emb.IMG_DIR, emb.META_DIR):
             shutil.copytree(run.folder / sub, out.path / EMBEDDINGS / sub, copy_function=_link_or_copy)

@@ -2,7 +2,7 @@
 composed queries over HTTP.
 
 `Service` holds what was loaded and does the work (checks, ranking, thumbnails) without knowing
-HTTP; `service_app.create_app` puts it behind FastAPI. Every query runs through `run_query`,
+HTTP; `web.app.create_app` puts it behind FastAPI. Every query runs through `run_query`,
 so an answer equals what `zscir query --json` prints for the same input. The model and faiss
 calls are serialised by one lock (requests are decoded concurrently, ranked one at a time on
 the server's event loop); gallery reads have their own lock and run in worker threads, so a
@@ -21,7 +21,6 @@ from typing import Any
 from PIL import UnidentifiedImageError
 
 from zscir_cli.core.errors import UserError
-from zscir_cli.data.images import load_rgb
 from zscir_cli.data.pixels import ImageTooLarge, max_image_pixels
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.jobs.backbones import open_backbone
@@ -36,6 +35,7 @@ from zscir_cli.jobs.retrieval.query import (
     run_query,
     spec_of_index,
 )
+from zscir_cli.jobs.retrieval.references import ID, Reference, ReferenceArg, resolve, upload_arg
 
 DEFAULT_METHODS = ("tscir", "stage1", "pic2word", "sum")  # the first one served is the default
 THUMB_SIZES = (16, 1024)  # smallest and largest ?size= of a thumbnail
@@ -81,13 +81,6 @@ class Service:
     model_lock: threading.Lock = field(default_factory=threading.Lock)
     gallery_lock: threading.Lock = field(default_factory=threading.Lock)
     thumbs: OrderedDict = field(default_factory=OrderedDict)  # (index, id, size) -> PNG bytes
-    # each gallery's own row of an id: a folder re-listed since indexing may order files anew
-    gallery_rows: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for key, loaded in self.indexes.items():
-            ids = loaded.gallery.ids if loaded.gallery is not None else []
-            self.gallery_rows[key] = {i: r for r, i in reversed(list(enumerate(ids)))}
 
     @property
     def default_index(self) -> str:
@@ -119,12 +112,10 @@ class Service:
         qm = self.method(method)
         top_k = self.top_k(k)
         self.check_text(text, qm.name)
-        image, name = self.reference(loaded, reference, upload)
-        data = upload.data if image is not None and upload is not None else None
+        ref = self.reference(loaded, reference, upload)
         with self.model_lock:  # the model and faiss calls never race
-            try:  # an upload is compared with the gallery by its bytes; its name is only a label
-                return run_query(self.ctx, qm, loaded.artifact, name, text, k=top_k,
-                                 reference_image=image, loaded=loaded, reference_bytes=data)
+            try:
+                return run_query(self.ctx, qm, loaded, ref, text, k=top_k)
             except UserError as e:
                 raise ApiError(400, e.message, e.hint) from e
 
@@ -162,9 +153,9 @@ class Service:
             raise ApiError(400, "The modification text is empty.",
                            "Say what to change, e.g. \"make it red\" (or choose the method image).")
 
-    def reference(self, loaded: LoadedIndex, reference: str | None,
-                  upload: Upload | None) -> tuple[Any, str]:
-        """(decoded image or None, the reference's name): an upload, or an id of the index."""
+    def reference(self, loaded: LoadedIndex, reference: str | None, upload: Upload | None) -> Reference:
+        """The request's reference, resolved: an upload (decoded now, so that a bad one is refused
+        before the model runs) or an id of the index."""
         if upload is not None and not upload.data and not upload.filename:
             upload = None  # a form's empty file field: no file chosen
         if upload is None and not reference:
@@ -177,20 +168,18 @@ class Service:
             if reference not in loaded.rows:
                 raise ApiError(404, f"'{reference}' is not an id in index {loaded.artifact.key}.",
                                "Pick an image of the gallery, or use an id from an earlier answer.")
-            return None, reference
-        return self.decode(upload), upload_name(upload.filename)
-
-    def decode(self, upload: Upload):
+            return resolve(ReferenceArg(ID, reference), loaded)
         if len(upload.data) > self.limits.max_upload_bytes:
             raise too_large(len(upload.data), self.limits)
+        ref = resolve(upload_arg(upload.data, upload_name(upload.filename)), loaded)
         try:
-            return load_rgb(upload.data)
+            ref.image()
         except ImageTooLarge as e:
             raise ApiError(413, e.message, "Send a smaller image.") from e
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            name = upload_name(upload.filename)
-            raise ApiError(415, f"The upload '{name}' is not an image that can be read.",
+            raise ApiError(415, f"The upload '{ref.name}' is not an image that can be read.",
                            "Send a .jpg, .png or .webp file.") from e
+        return ref
 
     # -- gallery images --------------------------------------------------------------------------
 
@@ -205,7 +194,7 @@ class Service:
             raise ApiError(404, f"'{image_id}' is not an id in index {loaded.artifact.key}.",
                            "Use an id from /api/ids or from a query's results.")
         gallery = loaded.gallery
-        row = self.gallery_rows[loaded.artifact.key].get(image_id)
+        row = loaded.gallery_rows.get(image_id)
         if gallery is None or row is None:
             raise ApiError(404, f"The image of '{image_id}' is gone: the gallery of index "
                                 f"{loaded.artifact.key} cannot be re-read.", "Rebuild the index.")
