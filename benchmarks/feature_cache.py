@@ -37,7 +37,8 @@ def main() -> None:
     from zscir_cli.model.visual import encode_with_tokens
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.retrieval.features import cached_features
-    from zscir_cli.jobs.training.stage1 import Stage1Config, mapping_config
+    from zscir_cli.jobs.training.config import Stage1Config
+    from zscir_cli.jobs.training.stage1 import mapping_config
 
     torch.manual_seed(0)
     backbone = load_backbone(ModelSpec(args.model, "none"))

@@ -126,13 +126,14 @@ def _embedder(args, ctx):
     if args.pretrain_steps:
         from zscir_cli.jobs.datasets.shapes import prepare_shapes
         from zscir_cli.jobs.backbones import backbone_spec
-        from zscir_cli.jobs.training.pretrain import PretrainConfig, pretrain
+        from zscir_cli.jobs.training.config import PretrainConfig
+        from zscir_cli.jobs.training.pretrain import pretrain
 
         # the first P pairs of the corpus's world (a pair is a function of the seed and its index)
         world = shapes.WorldConfig(seed=args.seed, train_pairs=min(args.train_pairs, args.pretrain_pairs),
                                    val_pairs=args.val_pairs, cir_queries=args.queries)
         data, _ = prepare_shapes(ctx, world)
-        art, _ = pretrain(ctx, PretrainConfig(steps=args.pretrain_steps, seed=args.seed), dataset=data.key)
+        art, _ = pretrain(ctx, PretrainConfig(data=data.key, steps=args.pretrain_steps, seed=args.seed))
         spec = backbone_spec(art)
     else:
         spec = resolve_spec(ctx, args.model, args.pretrained)

@@ -43,7 +43,8 @@ def _same(a: dict, b: dict) -> None:
 
 @pytest.mark.slow
 def test_pretrain_stopped_then_resumed_equals_uninterrupted(world, tmp_path):
-    from zscir_cli.jobs.training.pretrain import PretrainConfig, pretrain
+    from zscir_cli.jobs.training.config import PretrainConfig
+    from zscir_cli.jobs.training.pretrain import pretrain
 
     full, built = pretrain(_ctx(_cache(world, tmp_path / "a")), PretrainConfig(**CFG))
     assert built and full.manifest["eval"]["val_images"] == 6

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.model.backbone import ModelSpec
 from zscir_cli.jobs.context import Context
-from zscir_cli.jobs.training.stage1 import Stage1Config, map_train
+from zscir_cli.jobs.training.config import Stage1Config
+from zscir_cli.jobs.training.stage1 import map_train
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 SPEC = ModelSpec("zscir-tiny-vit", "none")

@@ -49,7 +49,8 @@ def test_zero_initialised_adapters_leave_the_stage1_encoder_unchanged():
 
 
 def test_compose_train_puts_an_adapter_on_the_token_embeddings_unless_told_not_to():
-    from zscir_cli.jobs.training.stage2 import Stage2Config, build_adapters
+    from zscir_cli.jobs.training.config import Stage2Config
+    from zscir_cli.jobs.training.stage2 import build_adapters
 
     enc = TextEncoder(load_backbone(ModelSpec("zscir-tiny-vit", "none")).model, 1)
     assert build_adapters(enc, Stage2Config(triplets="")).cfg.layers == [0, 1, 2, 3, 4]
@@ -244,7 +245,8 @@ def test_tscir_takes_the_mapper_of_its_stage1_run_unless_tuned(cli, cache, tmp_p
     from zscir_cli.core.errors import UserError
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.retrieval.methods import load_method
-    from zscir_cli.jobs.training.stage2 import Stage2Config, compose_train
+    from zscir_cli.jobs.training.config import Stage2Config
+    from zscir_cli.jobs.training.stage2 import compose_train
 
     trip = tmp_path / "t.jsonl"
     assert cli("synth", "--data", "shapes", "--mode", "scene", "--out", trip, "--max-triplets", "64",
@@ -277,7 +279,8 @@ def test_compose_train_resume_equals_uninterrupted(cli, cache, tmp_path):
 
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.jobs.context import Context
-    from zscir_cli.jobs.training.stage2 import Stage2Config, compose_train
+    from zscir_cli.jobs.training.config import Stage2Config
+    from zscir_cli.jobs.training.stage2 import compose_train
 
     trip, other = _scene_triplets(cli, cache, tmp_path, 96)
     spec = ModelSpec("zscir-tiny-vit", "none")

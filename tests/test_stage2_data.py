@@ -12,7 +12,8 @@ from torch import nn
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.jobs.retrieval.features import FeatureSet
-from zscir_cli.jobs.training.stage2 import ComposeLoss, Stage2Config
+from zscir_cli.jobs.training.config import Stage2Config
+from zscir_cli.jobs.training.stage2 import ComposeLoss
 from zscir_cli.jobs.training.composing import HardNegativeMiner, TripletData
 from zscir_cli.jobs.training.loop import Dist
 

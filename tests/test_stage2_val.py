@@ -33,7 +33,8 @@ def _train(cache: Path, triplets: Path, validate: bool):
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.model.backbone import ModelSpec
     from zscir_cli.jobs.context import Context
-    from zscir_cli.jobs.training.stage2 import Stage2Config, compose_train
+    from zscir_cli.jobs.training.config import Stage2Config
+    from zscir_cli.jobs.training.stage2 import compose_train
 
     cfg = Stage2Config(triplets=str(triplets), epochs=3, batch_size=32, lr=1e-2, hard_negatives=3, seed=1,
                        validate=validate)

@@ -12,7 +12,7 @@ from PIL import Image
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.shapes.triplets import scene_triplets
 from zscir_cli.data.synth import normalise, propose_edits, template_triplets
-from zscir_cli.jobs.training.triplets import read_triplets
+from zscir_cli.jobs.training.triplet_files import read_triplets
 
 CAPTIONS = [
     "a red dress with long sleeves",  # 0
@@ -240,7 +240,7 @@ def test_captions_outside_their_folder_are_refused_and_synth_writes_relative_pat
 
 def test_write_triplets_refuses_images_gone_since_the_captions_were_read(tmp_path):
     from zscir_cli.data.synth import SynthReport, Triplet
-    from zscir_cli.jobs.training.triplets import Corpus, write_triplets
+    from zscir_cli.jobs.training.triplet_files import write_triplets
 
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     Image.new("RGB", (8, 8)).save(a)
@@ -248,10 +248,10 @@ def test_write_triplets_refuses_images_gone_since_the_captions_were_read(tmp_pat
     report = SynthReport([t], Counter({"replace": 1}), Counter())
     out = tmp_path / "t.jsonl"
     with pytest.raises(UserError, match=r"1 image\(s\) of the triplets do not exist: .*b\.png"):
-        write_triplets(report, Corpus([str(a), str(b)], ["x", "y"], None, None), out)
+        write_triplets(report, out, None)
     assert not out.exists()
     Image.new("RGB", (8, 8)).save(b)
-    write_triplets(report, Corpus([str(a), str(b)], ["x", "y"], None, None), out)
+    write_triplets(report, out, None)
     assert json.loads(out.read_text())["target"] == "b.png"
 
 

@@ -45,3 +45,25 @@ def print_hits(result) -> None:
     for hit in result.hits:
         table.add_row(str(hit.rank), hit.id, f"{hit.score:.4f}")
     out.print(table)
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 without it): only rank 0 reports."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def print_run(art, label: str, extra: dict[str, Any], note: str = "") -> None:
+    """A finished training run: its key and path on stderr, its final metrics on stdout (or all
+    of it as JSON with `extra`)."""
+    final = art.manifest.get("final", {})
+    if extra.get("json"):
+        print_json({"run": art.key, "built": art.built, "path": str(art.path),
+                    **{k: v for k, v in extra.items() if k != "json"}, **final})
+        return
+    from zscir_cli.cli.console import err
+
+    err.print(f"{label} run {art.key}{note}: {art.path}", highlight=False)
+    out.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in final.items() if k != "lr"), highlight=False)

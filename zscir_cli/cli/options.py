@@ -26,3 +26,15 @@ Pretrained = Annotated[str | None, typer.Option(
     show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")]
 Force = Annotated[bool, typer.Option("--force", help="Rebuild even if the cache holds the result.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")]
+Retrain = Annotated[bool, typer.Option("--force", help="Train again even if the cache holds this run.")]
+
+
+def parse_layers(value: str | None) -> list[int] | None:
+    """--vsi-layers / --adapter-layers: comma-separated block numbers."""
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated block numbers such as 3,6,9,12, got {value!r}") from None

@@ -10,6 +10,7 @@ import typer
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, out
 from zscir_cli.cli.options import CacheDir, Device, Force, Json, Seed
+from zscir_cli.jobs.training.config import PretrainConfig as D
 
 LABELS = {"caption_r1": "caption retrieval R@1 (image->text)",
           "text_to_image_r1": "image retrieval R@1 (text->image)",
@@ -19,14 +20,17 @@ LABELS = {"caption_r1": "caption retrieval R@1 (image->text)",
 
 
 def pretrain(
-    data: Annotated[str, typer.Option(help="Prepared shapes data set to train on.")] = "shapes",
-    model: Annotated[str, typer.Option(help="Architecture to train from scratch.")] = "zscir-shapes-rn",
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 900,
-    batch_size: Annotated[int, typer.Option(min=2, help="Image-caption pairs per step.")] = 64,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
+    data: Annotated[str, typer.Option(help="Prepared shapes data set to train on.")] = D.data,
+    model: Annotated[str, typer.Option(help="Architecture to train from scratch.")] = D.model,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = D.steps,
+    batch_size: Annotated[int, typer.Option(min=2, help="Image-caption pairs per step.")] = D.batch_size,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")] = D.lr,
+    absence_negatives: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of the hard negatives that add an object which the fresh scene's caption "
+                               "says is absent.")] = D.absence_negatives,
     steps_per_epoch: Annotated[int, typer.Option(
-        min=1, help="Steps between checkpoints (what --resume continues from).")] = 100,
-    seed: Seed = 0,
+        min=1, help="Steps between checkpoints (what --resume continues from).")] = D.steps_per_epoch,
+    seed: Seed = D.seed,
     device: Device = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")] = False,
     force: Force = False,
@@ -39,13 +43,11 @@ def pretrain(
     torchrun --nproc_per_node N -m zscir_cli pretrain ...
     """
     from zscir_cli.jobs.backbones import backbone_spec
-    from zscir_cli.jobs.training.pretrain import PretrainConfig
     from zscir_cli.jobs.training.pretrain import pretrain as run
 
-    ctx = make_context(cache_dir, device)
-    cfg = PretrainConfig(model=model, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                         steps_per_epoch=steps_per_epoch)
-    art, built = run(ctx, cfg, dataset=data, force=force, resume=resume)
+    cfg = D(data=data, model=model, steps=steps, batch_size=batch_size, lr=lr, absence_negatives=absence_negatives,
+            seed=seed, steps_per_epoch=steps_per_epoch)
+    art, built = run(make_context(cache_dir, device), cfg, force=force, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     report = art.manifest["eval"]

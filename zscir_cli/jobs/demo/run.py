@@ -18,12 +18,16 @@ from zscir_cli.jobs.protocols.suites import shapes_suite
 from zscir_cli.jobs.retrieval.indexing import index_gallery
 from zscir_cli.jobs.retrieval.methods import BASELINES, MethodChoice, load_method
 from zscir_cli.jobs.backbones import backbone_spec
-from zscir_cli.jobs.training.pretrain import PretrainConfig, pretrain
+from zscir_cli.jobs.training.config import PretrainConfig
+from zscir_cli.jobs.training.pretrain import pretrain
 from zscir_cli.jobs.retrieval.query import QueryResult, load_index, run_query, write_html
 from zscir_cli.jobs.retrieval.references import ID, ReferenceArg, resolve
-from zscir_cli.jobs.training.stage1 import Stage1Config, map_train
-from zscir_cli.jobs.training.stage2 import Stage2Config, compose_train
-from zscir_cli.jobs.training.triplets import corpus_from_dataset, synthesise, write_triplets
+from zscir_cli.jobs.training.config import Stage1Config
+from zscir_cli.jobs.training.stage1 import map_train
+from zscir_cli.jobs.training.config import Stage2Config
+from zscir_cli.jobs.training.stage2 import compose_train
+from zscir_cli.jobs.training.synth import caption_embedder, corpus_from_dataset, synthesise
+from zscir_cli.jobs.training.triplet_files import write_triplets
 
 # Stage I on the shapes lab: a small text tower and 10k pairs learn faster with a larger step
 # than the paper's 1e-4 for ViT-L-14 (see the README's results).
@@ -94,7 +98,7 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
 
     t = time.time()
     ctx.reporter.info("2/7 training the base CLIP (zscir pretrain)")
-    backbone_art, _ = pretrain(ctx, cfg.pretrain, dataset=data.key)
+    backbone_art, _ = pretrain(ctx, replace(cfg.pretrain, data=data.key))
     timings["pretrain"] = time.time() - t
 
     t = time.time()
@@ -161,8 +165,6 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
 def write_demo_triplets(ctx: Context, data_key: str, backbone, cfg: DemoConfig,
                         recipes: list[str]) -> dict[str, Path]:
     """Each recipe's triplet file, as cache artifacts of kind 'triplets' (reused when present)."""
-    import torch
-
     corpus = corpus_from_dataset(ctx, data_key)
     files = {}
     for mode in recipes:
@@ -172,15 +174,12 @@ def write_demo_triplets(ctx: Context, data_key: str, backbone, cfg: DemoConfig,
         key = ctx.store.key_for("triplets", config)
         art = ctx.store.get("triplets", key)
         if art is None:
-            def embed(texts: list[str]):
-                return torch.cat([backbone.encode_texts(texts[i:i + 512]).cpu()
-                                  for i in range(0, len(texts), 512)]).numpy()
-
+            embed = caption_embedder(backbone)
             report = synthesise(ctx, corpus, mode=mode, max_triplets=cfg.triplets, seed=cfg.stage2.seed,
                                 min_similarity=0.9, embed=embed, match=cfg.triplet_match)
             with ctx.store.create("triplets", key, config=config, seed=cfg.stage2.seed,
                                   description=f"{len(report.triplets)} {mode} triplets") as out:
-                write_triplets(report, corpus, out.path / "triplets.jsonl")
+                write_triplets(report, out.path / "triplets.jsonl", corpus.dataset_key)
                 out.manifest["counts"] = dict(report.counts)
                 out.manifest["rejected"] = dict(report.rejected)
             art = ctx.store.get("triplets", key)

@@ -18,7 +18,17 @@ from typing import Any
 from zscir_cli.core.errors import UserError
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.methods import QueryMethod
-from zscir_cli.jobs.retrieval.query import LoadedIndex, check_query_text, run_query
+from zscir_cli.jobs.backbones import open_backbone
+from zscir_cli.jobs.retrieval.config import QueryRequest
+from zscir_cli.jobs.retrieval.methods import check_method, load_method
+from zscir_cli.jobs.retrieval.query import (
+    LoadedIndex,
+    check_query_text,
+    index_and_model,
+    index_ids,
+    load_index,
+    run_query,
+)
 from zscir_cli.jobs.retrieval.references import ID, ReferenceArg, reference_arg, resolve
 
 KEYS = ("reference", "text", "k")
@@ -125,3 +135,33 @@ def run_queries(ctx: Context, method: QueryMethod, loaded: LoadedIndex, queries:
             yield {"line": q.line, "error": e.message, "hint": e.hint or ""}
             continue
         yield {"line": q.line, **res.to_json(), "reference": q.reference}
+
+
+SKIP_HINT = "Fix the line(s), or pass --skip-invalid to answer each with an error line and go on."
+
+
+def answer_all(ctx: Context, req: QueryRequest) -> Iterator[dict[str, Any]]:
+    """`zscir query --queries`: every line of the file checked first (an invalid one stops
+    everything before any model loads, unless skipping), then answered with one model and one
+    index, one object per query in input order; a last line on stderr counts them."""
+    check_method(req.method)
+    art, spec = index_and_model(ctx, req.model, req.pretrained, req.index)
+    batch = read_queries(Path(req.queries), set(index_ids(art)), art.key, req.method, req.top_k)  # type: ignore[arg-type]
+    bad = [q for q in batch if q.error is not None]
+    if bad and not req.skip_invalid:
+        first = bad[0].error
+        assert first is not None
+        more = (f" (invalid lines: {', '.join(str(q.line) for q in bad[:10])}"
+                f"{f' and {len(bad) - 10} more' if len(bad) > 10 else ''})") if len(bad) > 1 else ""
+        raise UserError(first.message + more, ((first.hint or "") + " " + SKIP_HINT).strip())
+    for q in bad:
+        ctx.reporter.info(f"{q.error} (answered with an error line)")
+    qm = load_method(ctx, req.method, open_backbone(ctx, spec), req.run)
+    if qm.run is not None:
+        ctx.reporter.info(f"using {req.method} run {qm.run.key}")
+    answered = skipped = 0
+    for obj in run_queries(ctx, qm, load_index(ctx, art), batch, req.skip_invalid):
+        answered, skipped = (answered, skipped + 1) if "error" in obj else (answered + 1, skipped)
+        yield obj
+    ctx.reporter.info(f"{answered} queries answered" + (f", {skipped} skipped" if skipped else "")
+                      + f" (index {art.key})")

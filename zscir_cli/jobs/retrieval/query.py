@@ -16,15 +16,16 @@ from zscir_cli.core.durable import write_atomically
 from zscir_cli.data.galleries import Gallery, image_digest
 from zscir_cli.index import search
 from zscir_cli.model.backbone import ModelSpec, identity_label
-from zscir_cli.jobs.backbones import resolve_spec, spec_for_identity
+from zscir_cli.jobs.backbones import open_backbone, resolve_spec, spec_for_identity
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import gallery_from_source
 from zscir_cli.jobs.retrieval.features import encode_images_with_tokens
 from zscir_cli.jobs.retrieval.indexing import KIND as INDEX_KIND
 from zscir_cli.jobs.retrieval.indexing import find_index
-from zscir_cli.jobs.retrieval.methods import QueryMethod
+from zscir_cli.jobs.retrieval.config import QueryRequest
+from zscir_cli.jobs.retrieval.methods import QueryMethod, check_method, load_method
 from zscir_cli.jobs.retrieval.encodings import DIGESTS
-from zscir_cli.jobs.retrieval.references import ID, Reference
+from zscir_cli.jobs.retrieval.references import ID, Reference, reference_arg, resolve
 from zscir_cli.jobs.pages import figure, score_labels, write_page
 
 
@@ -171,6 +172,27 @@ def run_query(ctx: Context, method: QueryMethod, loaded: LoadedIndex, ref: Refer
                       loaded.gallery)
     res.run = method.run.key if method.run is not None else None
     res.excluded_reference = loaded.ids[ref.row] if ref.row is not None else None
+    return res
+
+
+def answer(ctx: Context, req: QueryRequest) -> QueryResult:
+    """`zscir query REFERENCE TEXT`: everything the user typed checked before an index or a model
+    is opened, then ranked (and, with `req.html`, a page written)."""
+    check_method(req.method)
+    check_query_text(req.text or "", req.method)
+    arg = reference_arg(req.reference or "")
+    art, spec = index_and_model(ctx, req.model, req.pretrained, req.index)
+    loaded = load_index(ctx, art)
+    ref = resolve(arg, loaded)  # an id the index lacks fails here, before the model loads
+    if req.index is not None or req.model is not None or req.pretrained is not None:
+        ctx.reporter.info(f"using index {art.key} ({art.description})")
+    qm = load_method(ctx, req.method, open_backbone(ctx, spec), req.run)
+    if qm.run is not None:
+        ctx.reporter.info(f"using {req.method} run {qm.run.key}")
+    res = run_query(ctx, qm, loaded, ref, req.text or "", k=req.top_k)
+    if req.html is not None:
+        write_html([res], Path(req.html), title=f"zscir: {req.text}")
+        ctx.reporter.info(f"wrote {req.html}")
     return res
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,35 +40,12 @@ from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import find_dataset
 from zscir_cli.jobs.distributed import Dist, device_for, gather, init_distributed, world_size
 from zscir_cli.jobs.training.clip_check import evaluate_backbone
+from zscir_cli.jobs.training.config import PretrainConfig
 from zscir_cli.jobs.training.loop import TrainSpec, partial_path, train
 
 OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 LOG_EVERY = 20  # steps between metrics records
-
-
-@dataclass
-class PretrainConfig:
-    model: str = "zscir-shapes-rn"  # architecture: our shipped config or any OpenCLIP name
-    steps: int = 900  # optimiser updates; the number of updates is what a CPU budget buys
-    batch_size: int = 64  # pairs per step (half of them hard negatives)
-    lr: float = 2e-3  # AdamW peak learning rate
-    weight_decay: float = 0.1  # on weight matrices only, not gains, biases or embeddings
-    warmup: float = 0.08  # fraction of steps with linear warm-up, then cosine decay
-    hard_negatives: float = 0.5  # fraction of each batch that are one-attribute edits
-    # fraction of those that add an object which the fresh scene's caption says is absent
-    # (chosen on val, seeds 0 and 1: tscir R@1 28.0/29.8 without, 38.5/34.2 with 0.25)
-    absence_negatives: float = 0.25
-    seed: int = 0  # initialisation and batch stream
-    steps_per_epoch: int = 100  # a checkpoint (and a point to --resume from) every this many steps
-
-    @property
-    def epochs(self) -> int:
-        return math.ceil(self.steps / self.steps_per_epoch)
-
-    @property
-    def warmup_steps(self) -> int:
-        return max(1, int(self.warmup * self.steps))
 
 
 def _batch(world: shapes.WorldConfig, cfg: PretrainConfig, step: int, tokenizer, image_size: int,
@@ -117,15 +94,15 @@ def shapes_world(data: Artifact) -> shapes.WorldConfig:
 def run_config(cfg: PretrainConfig) -> dict[str, Any]:
     """What names a pretraining run: its settings and the number of processes (BatchNorm
     statistics are per process, so N processes do not give one process's weights)."""
-    return {**asdict(cfg), "world_size": world_size()}
+    return {**{k: v for k, v in asdict(cfg).items() if k != "data"}, "world_size": world_size()}
 
 
-def pretrain(ctx: Context, cfg: PretrainConfig, dataset: str = "shapes", force: bool = False,
+def pretrain(ctx: Context, cfg: PretrainConfig, force: bool = False,
              resume: bool = False, stop_after_epoch: int | None = None) -> tuple[Artifact, bool]:
-    """Train (or find in the cache) the base CLIP; returns (artifact, built_now). With
-    `stop_after_epoch`, the artifact is None when the run stopped there."""
+    """Train (or find in the cache) the base CLIP on the data set `cfg.data`; returns (artifact,
+    built_now). With `stop_after_epoch`, the artifact is None when the run stopped there."""
     register_configs()
-    data = find_dataset(ctx, dataset)
+    data = find_dataset(ctx, cfg.data)
     world = shapes_world(data)
     config = run_config(cfg)
     key = ctx.store.key_for(KIND, config, [identity(data)])

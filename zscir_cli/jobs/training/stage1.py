@@ -19,41 +19,17 @@ from zscir_cli.model.backbone import Backbone, ModelSpec
 from zscir_cli.model.losses import info_nce, soft_text_alignment
 from zscir_cli.model.mapping import PROMPT, Mapper, MappingConfig
 from zscir_cli.model.text import TextEncoder, placeholder_token_id
-from zscir_cli.jobs.backbones import open_backbone, text_encoder
+from zscir_cli.jobs.backbones import open_backbone, resolve_spec, text_encoder
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import find_dataset, load_split
 from zscir_cli.jobs.distributed import Dist, gather, start_run, world_size
 from zscir_cli.jobs.retrieval.features import FeatureSet
 from zscir_cli.jobs.runs import STAGE1
 from zscir_cli.jobs.training.inputs import rows, shared_features
+from zscir_cli.jobs.training.config import Stage1Config
 from zscir_cli.jobs.training.loop import TrainSpec, existing_run, train
 
 KIND = STAGE1
-
-
-@dataclass
-class Stage1Config:
-    data: str = "shapes"  # prepared image(-caption) data set; trains on its 'train' split
-    epochs: int = 10
-    batch_size: int = 256  # global batch (split over torchrun processes)
-    lr: float = 1e-4  # AdamW, cosine schedule
-    weight_decay: float = 0.01
-    seed: int = 0
-    temperature: float = 0.07  # tau of the contrastive and alignment predictions
-    vsi: bool = True  # visual semantic injection
-    vsi_layers: list[int] | None = None  # 1-based; None = 4 layers spread over the depth
-    vsi_grid: int = 4  # spatial grid side: M = 1 + grid^2 visual tokens (at most the map's size)
-    vsi_scope: str = "placeholder"  # placeholder | all
-    vsi_heads: int = 4
-    sta: bool = True  # soft text alignment (needs captions)
-    sta_weight: float = 1.0  # lambda
-    sta_temperature: float = 0.05  # tau_s of the caption-to-caption soft targets
-    dropout: float = 0.5  # token learner dropout
-    placeholder: str = "$"
-
-    @property
-    def method(self) -> str:
-        return "pic2word" if not self.vsi and not self.sta else "stage1"
 
 
 class Stage1Net(nn.Module):
@@ -181,7 +157,7 @@ def _features(ctx: Context, backbone: Backbone, data: Artifact, cfg: Stage1Confi
 
 def _train_spec(ctx: Context, backbone: Backbone, data: Artifact, feats: FeatureSet, cfg: Stage1Config,
                 mcfg: MappingConfig) -> TrainSpec:
-    config = asdict(cfg)
+    config = {k: v for k, v in asdict(cfg).items() if k != "pretrained"}  # "model": the identity, below
     config["vsi_layers"] = mcfg.vsi_layers
     config["model"] = backbone.spec.identity()
     # N processes follow one process's loss curve but not its exact weights (reductions differ)
@@ -197,9 +173,10 @@ def _train_spec(ctx: Context, backbone: Backbone, data: Artifact, feats: Feature
                                      "placeholder_id": mcfg.placeholder_id, "mapping": asdict(mcfg)})
 
 
-def map_train(ctx: Context, spec: ModelSpec, cfg: Stage1Config, *, resume: bool = False, force: bool = False,
+def map_train(ctx: Context, spec: ModelSpec | None, cfg: Stage1Config, *, resume: bool = False, force: bool = False,
               stop_after_epoch: int | None = None) -> Artifact | None:
     ctx, device, d = start_run(ctx)
+    spec = spec or resolve_spec(ctx, cfg.model, cfg.pretrained)  # None: the backbone cfg names
     data = find_dataset(ctx, cfg.data)
     backbone = open_backbone(ctx, spec, device)
     cfg = _with_caption_check(ctx, data, cfg)

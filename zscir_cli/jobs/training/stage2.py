@@ -27,7 +27,7 @@ from zscir_cli.model.backbone import Backbone, ModelSpec
 from zscir_cli.model.losses import candidate_logits, info_nce
 from zscir_cli.model.mapping import PROMPT, Mapper, compose_tokens
 from zscir_cli.model.text import TextEncoder
-from zscir_cli.jobs.backbones import open_backbone, text_encoder
+from zscir_cli.jobs.backbones import open_backbone, resolve_spec, text_encoder
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import load_split
 from zscir_cli.jobs.distributed import Dist, gather, start_run, world_size
@@ -36,42 +36,11 @@ from zscir_cli.jobs.runs import STAGE2, find_stage1, load_mapper
 from zscir_cli.jobs.training.composing import HardNegativeMiner, TripletData
 from zscir_cli.jobs.training.validation import ShapesValidation
 from zscir_cli.jobs.training.inputs import shared_features
-from zscir_cli.jobs.training.triplets import TripletFile, read_triplets
+from zscir_cli.jobs.training.triplet_files import TripletFile, read_triplets
+from zscir_cli.jobs.training.config import Stage2Config
 from zscir_cli.jobs.training.loop import TrainSpec, existing_run, train
 
 KIND = STAGE2
-
-
-@dataclass
-class Stage2Config:
-    triplets: str  # JSONL written by 'zscir synth' (or by hand, same schema)
-    epochs: int = 10
-    batch_size: int = 128  # global batch of triplets
-    lr: float = 1e-4  # AdamW, cosine schedule
-    weight_decay: float = 0.01
-    seed: int = 0
-    adapter_dim: int = 64  # bottleneck width
-    adapter_layers: list[int] | None = None  # 1-based blocks followed by an adapter; None = every block
-    # also an adapter on the token embeddings (layer 0), before the first block; off: the paper's
-    embedding_adapter: bool = True
-    # K mined negatives per query, besides its reference image; 0: in-batch negatives only
-    hard_negatives: int = 8
-    tune_stage1: bool = False  # unfreeze the Stage I mapper (the run then stores its own copy)
-    stage1_weight: float = 0.0  # weight of the Stage I loss, to keep a tuned mapping from drifting
-    temperature: float = 0.07
-    # an image is a likely false negative of a query when its caption equals the target's, or
-    # when their caption features have at least this cosine (> 1 turns the second test off)
-    false_negative_similarity: float = 0.98
-    stage1: str | None = None  # Stage I run key; None = the newest stage1 run of the backbone
-    skip_bad: bool = False  # leave out triplets whose image files are missing
-    allow_outside_paths: bool = False  # accept image paths that leave the triplet file's folder
-    # after every epoch, R@1 (overall and per edit type) and mAP@10 on the CIR val split when the triplets come from a shapes
-    # world (metrics.jsonl); it changes no weight, so it is not part of the run's key
-    validate: bool = True
-    # weight of a second cross-entropy over the same candidates' caption features (the base
-    # CLIP's text features of their captions): the composed query also aims at its target's
-    # caption, as the caption oracle queries; 0 turns it off (the paper's objective)
-    caption_weight: float = 0.0
 
 
 class Stage2Net(nn.Module):
@@ -183,7 +152,7 @@ def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifac
                 adapters: ComposingAdapters, inputs: list[dict], skipped: int) -> TrainSpec:
     config = {k: v for k, v in asdict(cfg).items()
               if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths", "validate",
-                           "embedding_adapter")}  # the last is in adapter_layers (0), as resolved
+                           "embedding_adapter", "pretrained")}  # embedding_adapter: in adapter_layers (0)
     sha = file_sha256(Path(cfg.triplets))
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
                    "triplets_sha256": sha, "triplets": len(data),
@@ -215,9 +184,10 @@ def _save_run(adapters: ComposingAdapters, tuned: Mapper | None, folder: Path) -
         tuned.save(folder)
 
 
-def compose_train(ctx: Context, spec: ModelSpec, cfg: Stage2Config, *, resume: bool = False,
+def compose_train(ctx: Context, spec: ModelSpec | None, cfg: Stage2Config, *, resume: bool = False,
                   force: bool = False, stop_after_epoch: int | None = None) -> Artifact | None:
     ctx, device, d = start_run(ctx)
+    spec = spec or resolve_spec(ctx, cfg.model, cfg.pretrained)  # None: the backbone cfg names
     trip = read_triplets(Path(cfg.triplets), skip_bad=cfg.skip_bad, allow_outside=cfg.allow_outside_paths)
     if trip.skipped:
         ctx.reporter.info(f"left out {len(trip.skipped)} triplet(s) with a missing image")
