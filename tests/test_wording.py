@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zscir_cli.data import shapes
-from zscir_cli.data.templates import TEMPLATES
+from zscir_cli.data.templates import framed
 from zscir_cli.data.shapes import wording
 
 PRETRAIN_STEPS = 150  # a sixth of the default stream (900 steps of 64): its counts are lower bounds
@@ -28,7 +28,7 @@ def _ngrams(templates) -> set[tuple[str, ...]]:
 
 
 TRAINING_TEMPLATES = [t for ts in shapes.PHRASINGS["train"].values() for t in ts] + \
-    [t for ts in TEMPLATES.values() for t in ts] + list(shapes.CAPTIONS)
+    framed() + list(shapes.CAPTIONS)
 
 
 @pytest.mark.parametrize("family,other", [("val", "test"), ("test", "val")])

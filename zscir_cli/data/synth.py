@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from zscir_cli.data.templates import usable
+from zscir_cli.data.templates import write
 
 VOCAB: dict[str, tuple[str, ...]] = {
     "colour": ("red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray", "grey",
@@ -158,12 +158,6 @@ def _head_noun(words: list[str], i: int) -> str:
     return words[j] if j < len(words) and _category(words[j]) == "object" else ""
 
 
-def _write(rng: np.random.Generator, kind: str, slots: dict[str, str]) -> str:
-    """The modification text: a template of `kind` that the slots fill, drawn uniformly."""
-    choices = usable(kind, slots)
-    return choices[int(rng.integers(len(choices)))].format(**slots)
-
-
 def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption: int = 3,
                   vocab: dict[str, tuple[str, ...]] | None = None) -> list[Candidate]:
     """Up to `per_caption` edits of one caption, of different types where possible."""
@@ -182,7 +176,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
             edited = " ".join(_fix_articles(words[:i] + [new] + words[i + 1:]))
             kind = "replace_object" if cat == "object" else "replace"
             slots = {"old": old, "new": new, "noun": _head_noun(words, i) if cat != "object" else ""}
-            out["replace"] = Candidate(row, "replace", old, new, edited, _write(rng, kind, slots))
+            out["replace"] = Candidate(row, "replace", old, new, edited, write(rng, kind, slots))
     # the background's value
     bg = [i for i, w in enumerate(words) if w == "background" and i > 0 and _category(words[i - 1]) == "colour"]
     if bg:
@@ -193,7 +187,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
             new = choices[int(rng.integers(len(choices)))]
             out["background"] = Candidate(row, "background", old, new,
                                           " ".join(_fix_articles(words[:i] + [new] + words[i + 1:])),
-                                          _write(rng, "background", {"old": old, "new": new}))
+                                          write(rng, "background", {"old": old, "new": new}))
     # a count followed by a plural noun
     counts = [i for i, w in enumerate(words[:-1]) if w in VOCAB["count"]]
     count_choices = [w for w in vocab["count"] if counts and w != words[counts[0]]]
@@ -202,7 +196,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         old = words[i]
         new = count_choices[int(rng.integers(len(count_choices)))]
         out["count"] = Candidate(row, "count", old, new, " ".join(words[:i] + [new] + words[i + 1:]),
-                                 _write(rng, "count", {"old": old, "new": new, "noun": words[i + 1]}))
+                                 write(rng, "count", {"old": old, "new": new, "noun": words[i + 1]}))
     # remove one phrase of an 'A, B and C' list: the phrase of an object noun with its modifiers
     objects = [i for i, w, c in spans if c == "object"]
     if len(objects) >= 2:
@@ -218,7 +212,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         rest = [w for j, w in enumerate(rest) if not (w == "and" and (j == 0 or j == len(rest) - 1 or rest[j - 1] == "and"))]
         phrase = " ".join(w for w in words[start:end + 1] if w not in ("a", "an"))
         out["remove"] = Candidate(row, "remove", phrase, "", " ".join(rest),
-                                  _write(rng, "remove", {"obj": words[end], "phrase": phrase}))
+                                  write(rng, "remove", {"obj": words[end], "phrase": phrase}))
     # add an object phrase before 'on a ... background' (or at the end), with the modifiers the
     # caption's first object phrase has ('a small red circle' -> add 'a large green star')
     obj = vocab["object"][int(rng.integers(len(vocab["object"])))] if vocab["object"] else None
@@ -228,7 +222,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         phrase = " ".join([vocab[k][int(rng.integers(len(vocab[k])))] for k in kinds] + [obj])
         cut = words.index("on") if "on" in words else len(words)
         edited = words[:cut] + ["and", *_article(phrase).split()] + words[cut:]
-        out["add"] = Candidate(row, "add", "", phrase, " ".join(edited), _write(rng, "add", {"a_obj": _article(phrase)}))
+        out["add"] = Candidate(row, "add", "", phrase, " ".join(edited), write(rng, "add", {"a_obj": _article(phrase)}))
     picked = list(out.values())
     rng.shuffle(picked)
     return picked[:per_caption]

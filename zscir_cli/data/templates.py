@@ -32,11 +32,29 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "remove": ("remove the {obj}", "without the {obj}", "take away the {obj}", "get rid of the {obj}",
                "remove the {phrase}", "delete the {obj}", "the {obj} should not be there", "i want the {obj} removed"),
 }
+# how people wrap a request: a modification is one of these with the template's sentence as {m}
+# (half of them bare), so that Stage II learns to find the edit inside words it does not need
+FRAMES = ("{m}", "{m}", "{m}", "{m}", "{m}", "{m}", "{m}", "now {m}", "{m} now", "ok, {m}", "{m}, thanks",
+          "just {m}", "this one: {m}", "{m} for this one", "and {m}", "{m}, the rest stays",
+          "keep everything else and {m}", "{m} but keep the rest")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 
 
 def slots_of(template: str) -> set[str]:
     return set(_SLOT.findall(template))
+
+
+def framed() -> list[str]:
+    """Every template inside every frame: the training side's whole wording."""
+    return [f.replace("{m}", t) for ts in TEMPLATES.values() for t in ts for f in dict.fromkeys(FRAMES)]
+
+
+def write(rng, kind: str, slots: dict[str, str]) -> str:
+    """A modification for an edit of `kind`: a template the slots fill, inside a frame, both drawn
+    uniformly with `rng`."""
+    choices = usable(kind, slots)
+    text = choices[int(rng.integers(len(choices)))].format(**slots)
+    return FRAMES[int(rng.integers(len(FRAMES)))].format(m=text)
 
 
 def usable(kind: str, slots: dict[str, str]) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ import string
 import numpy as np
 
 from zscir_cli.data.shapes.edits import reference_phrase, with_article
-from zscir_cli.data.templates import TEMPLATES, usable
+from zscir_cli.data.templates import TEMPLATES, write
 from zscir_cli.data.shapes.scene import SHAPES, Scene, pick
 
 # -- captions ------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def phrase(edit_type: str, slots: dict[str, str], family: str, rng: np.random.Ge
     """A sentence asking for the edit, drawn from `family`'s phrasings of `edit_type` (those whose
     slots the edit fills: every val and test phrasing, the training ones it has values for)."""
     if family == "train":
-        return pick(rng, usable(SYNTH_KINDS[edit_type], slots)).format(**slots)
+        return write(rng, SYNTH_KINDS[edit_type], slots)
     return pick(rng, PHRASINGS[family][edit_type]).format(**slots)
 
 
