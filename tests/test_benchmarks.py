@@ -152,7 +152,9 @@ def test_fashioniq_encodes_both_caption_orders(prepared, monkeypatch):
 def test_submit_files_scored_offline_equal_eval(cli, prepared, trees, tmp_path, name, files):
     code, out, err = cli("eval", name, "--split", "val", "--method", "sum", *TINY, "--cache-dir", prepared, "--json")
     assert code == 0, err
-    evaluated = json.loads(out)["results"]["sum"]
+    row = json.loads(out)["results"]["sum"]
+    assert row["method"] == "sum" and row["recipe"] and row["run"] is None  # every row names how it was made
+    evaluated = {k: v for k, v in row.items() if k not in ("method", "recipe", "run")}
     assert json.loads(out)["split"] == "val" and "protocol" in json.loads(out)
     code, out, err = cli("submit", name, "--split", "val", "--method", "sum", *TINY, "--out", tmp_path / "sub",
                          "--cache-dir", prepared)

@@ -10,11 +10,12 @@ import typer
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, out
 from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
+from zscir_cli.jobs.protocols.config import EvalRequest as D
 
 
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="Benchmark: shapes, fashioniq, cirr or circo (prepared first).")],
-    split: Annotated[str, typer.Option(help="Split: val (every benchmark), test (shapes).")] = "val",
+    split: Annotated[str, typer.Option(help="Split: val (every benchmark), test (shapes).")] = D.split,
     method: Annotated[list[str] | None, typer.Option(
         "--method", help="Method to evaluate (repeat the option for several) [default: every method with a "
                          "run for the model].", show_default=False)] = None,
@@ -28,11 +29,11 @@ def evaluate(
     pretrained: Pretrained = None,
     kind: Annotated[str, typer.Option(
         "--kind", help="Index kind of the galleries (see 'zscir index --kind'): flat ranks exactly, as "
-                       "the protocols are defined; the others re-rank their candidates exactly.")] = "flat",
+                       "the protocols are defined; the others re-rank their candidates exactly.")] = D.kind,
     target_caption: Annotated[bool, typer.Option(
         "--target-caption/--no-target-caption",
         help="shapes: also rank each query by its target's caption through the base CLIP: a reference point "
-             "(no query offers it, and it is no ceiling).")] = True,
+             "(no query offers it, and it is no ceiling).")] = D.target_caption,
     oracle: Annotated[bool | None, typer.Option("--oracle/--no-oracle", hidden=True,
                                                  help="The old name of --target-caption.")] = None,
     wording: Annotated[str | None, typer.Option(
@@ -46,87 +47,26 @@ def evaluate(
     cache_dir: CacheDir = None,
 ) -> None:
     """Evaluate methods on a benchmark split, following its protocol exactly."""
-    from zscir_cli.core.errors import UserError
-    from zscir_cli.jobs.backbones import open_backbone, resolve_spec
-    from zscir_cli.jobs.datasets.store import find_dataset
-    from zscir_cli.jobs.protocols.results import evaluate as run_evaluation
-    from zscir_cli.jobs.protocols.suites import open_suite, shapes_suite
-    from zscir_cli.jobs.retrieval.methods import TRAINED, MethodChoice, available_methods, check_method
-    from zscir_cli.core.outputs import check_output
+    from zscir_cli.jobs.protocols.evaluate import evaluate_request
 
-    ctx = make_context(cache_dir, device)
-    name = dataset.split(":")[0]
-    benchmark = name in ("fashioniq", "cirr", "circo")
-    if not benchmark and name != "shapes" and find_dataset(ctx, name).manifest.get("name") != "shapes":
-        raise UserError(f"'{dataset}' is not a composed-retrieval benchmark zscir can evaluate.",
-                        "Choose shapes, fashioniq, cirr or circo.")
-    if not benchmark and split not in ("val", "test"):
-        raise UserError(f"Unknown split '{split}'.", "Use val or test.")
-    for m in method or []:
-        check_method(m)
-    trained = [m for m in method or [] if m in TRAINED]
-    if run and len(trained) != 1:
-        raise UserError("--run names the run of one trained method.", "Give exactly one of tscir, stage1, pic2word.")
-    if html is not None:
-        html = check_output(html)
-    if oracle is not None:
-        target_caption = oracle
-    if (wording is not None or texts is not None) and benchmark:
-        raise UserError("--wording and --texts reword the shapes world's queries.", "Leave them out for " + name + ".")
-    if wording is not None and wording not in ("train", "val", "test"):
-        raise UserError(f"Unknown --wording '{wording}'.", "Use train, val or test.")
-    # a missing preparation or split, or a split without ground truth, is reported before any model loads
-    suite = open_suite(ctx, name, split) if benchmark else \
-        shapes_suite(ctx, name, split, wording, read_texts(texts) if texts is not None else None)
-    backbone = open_backbone(ctx, resolve_spec(ctx, model, pretrained))
-    methods = list(method) if method else available_methods(ctx, backbone)
-    choices = [MethodChoice(m, run if m in TRAINED else None) for m in methods]
-    res, worst = run_evaluation(ctx, backbone, suite, choices, kind, target_caption)
-    if html is not None and worst is not None:
-        worst.write(html, f"zscir eval {name} {split}: the worst queries of {worst.method} ({res.model})")
-        err.print(f"wrote {html}")
+    req = D(dataset=dataset, split=split, methods=list(method or []), run=run, model=model, pretrained=pretrained,
+            kind=kind, target_caption=oracle if oracle is not None else target_caption, wording=wording,
+            texts=str(texts) if texts is not None else None, html=str(html) if html is not None else None)
+    res = evaluate_request(make_context(cache_dir, device), req)
     if json_out:
         print_json(res.to_json())
         return
-    if benchmark:
+    if res.dataset != "shapes":
         _print_benchmark(res)
         return
     err.print(f"{res.protocol}", highlight=False)
-    out.print(f"{name} CIR, {split} split: {res.queries} queries ({res.wording} wording), gallery {res.gallery}, "
-              f"model {res.model}", highlight=False)
+    out.print(f"{dataset.split(':')[0]} CIR, {split} split: {res.queries} queries ({res.wording} wording), gallery "
+              f"{res.gallery}, model {res.model}", highlight=False)
     out.print(results_table(res, with_run=True))
     out.print(breakdown_table(res))
 
 
 SHAPES_METRICS = ("R@1", "R@10", "R@50", "mAP@10")
-
-
-def read_texts(path: Path) -> dict[str, str]:
-    """query id -> modification text, from a JSONL file of {"query_id", "modification"} objects."""
-    import json
-
-    from zscir_cli.core.errors import UserError
-
-    texts: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except OSError as e:
-        raise UserError(f"Cannot read {path} ({e.strerror or e}).", "Check the path.") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not JSON ({e.msg}).", "One JSON object a line.") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("query_id"), str) or \
-                not isinstance(obj.get("modification"), str) or not obj["modification"].strip():
-            raise UserError(f"{path}:{n}: expected {{\"query_id\": ..., \"modification\": ...}} with a "
-                            "non-empty text.", "Fix that line.")
-        if obj["query_id"] in texts:
-            raise UserError(f"{path}:{n}: query {obj['query_id']} repeats.", "Give each query one text.")
-        texts[obj["query_id"]] = obj["modification"]
-    return texts
 
 
 def results_table(res, with_run: bool = False):

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 
 from zscir_cli.core.errors import UserError
-from zscir_cli.data.public_trees import FIQ_CATEGORIES
+from zscir_cli.data.public_trees import FIQ_CATEGORIES, SPLITS
 from zscir_cli.eval.metrics import map_at_k, recall_at_k
-from zscir_cli.jobs.protocols.trees import PreparedSplit
+from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.protocols.config import ScoreRequest
+from zscir_cli.jobs.protocols.trees import PreparedSplit, open_split, split_from_root
 
 
 @dataclass
@@ -201,3 +203,13 @@ def score_files(data: PreparedSplit, files: list[Path]) -> dict[str, float]:
         out = {k: v for k, v in out.items() if (k.startswith("recall_subset") and rankings.subset is not None)
                or (k.startswith("recall@") and has_top)}
     return out
+
+
+def score(ctx: Context, req: ScoreRequest) -> dict[str, float]:
+    """`zscir score`: prediction files scored as the server would, against a split with ground
+    truth, read from the prepared data set or straight from its annotation files."""
+    if req.dataset not in SPLITS:
+        raise UserError(f"Unknown benchmark '{req.dataset}'.", "Choose fashioniq, cirr or circo.")
+    data = split_from_root(req.dataset, Path(req.root), req.split) if req.root else \
+        open_split(ctx, req.dataset, req.split)
+    return score_files(data, [Path(p) for p in req.predictions])

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from zscir_cli.core.errors import UserError
 from zscir_cli.data import shapes
 from zscir_cli.data.public_trees import BenchQuery
 from zscir_cli.data.galleries import Gallery
@@ -90,6 +91,10 @@ def shapes_suite(ctx: Context, dataset: str, split: str, wording: str | None = N
         asked = [reword(qid, edit, json.loads(slots), wording) for qid, edit, slots in
                  zip(rows["query_id"], rows["edit_type"], rows["slots"])]
     if texts is not None:
+        lacking = [qid for qid in rows["query_id"] if qid not in texts]
+        if lacking:
+            raise UserError(f"The texts name no modification for {len(lacking)} of the {len(asked)} queries of "
+                            f"{split}, e.g. {lacking[0]}.", "Give one line per query of the split.")
         asked = [texts[qid] for qid in rows["query_id"]]
     queries = [BenchQuery(str(qid), ref, [text], list(gt), target=tgt, edit=edit)
                for qid, ref, text, gt, tgt, edit in
@@ -132,3 +137,25 @@ def open_suite(ctx: Context, dataset: str, split: str) -> Suite:
     return shapes_suite(ctx, dataset, split)
 
 
+def read_texts(path: Path) -> dict[str, str]:
+    """query id -> modification text, from a JSONL file of {"query_id", "modification"} objects."""
+    texts: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as e:
+        raise UserError(f"Cannot read {path} ({e.strerror or e}).", "Check the path.") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not JSON ({e.msg}).", "One JSON object a line.") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("query_id"), str) or \
+                not isinstance(obj.get("modification"), str) or not obj["modification"].strip():
+            raise UserError(f"{path}:{n}: expected {{\"query_id\": ..., \"modification\": ...}} with a "
+                            "non-empty text.", "Fix that line.")
+        if obj["query_id"] in texts:
+            raise UserError(f"{path}:{n}: query {obj['query_id']} repeats.", "Give each query one text.")
+        texts[obj["query_id"]] = obj["modification"]
+    return texts
