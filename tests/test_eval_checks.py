@@ -17,6 +17,7 @@ TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 def prepared(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """CIRR and CIRCO fixture trees, prepared once for the module."""
     from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.jobs.protocols.config import BenchmarkRequest
     from zscir_cli.jobs.protocols.trees import prepare_benchmark
     from zscir_cli.jobs.context import Context
 
@@ -24,7 +25,7 @@ def prepared(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     trees = {"cirr": benchfixtures.cirr(base / "cirr"), "circo": benchfixtures.circo(base / "circo")}
     ctx = Context(store=ArtifactStore(base / "cache"))
     for name, root in trees.items():
-        prepare_benchmark(ctx, name, root)
+        prepare_benchmark(ctx, BenchmarkRequest(name, str(root)))
     return base / "cache", trees
 
 

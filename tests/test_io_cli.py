@@ -182,6 +182,7 @@ def test_a_real_bug_is_still_called_a_bug(cli, monkeypatch):
 def test_prepare_waits_for_a_build_in_another_process(tmp_path):
     from zscir_cli.core.progress import Reporter
     from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.datasets.config import FolderRequest
     from zscir_cli.jobs.datasets.folders import prepare_imagefolder
     from zscir_cli.jobs.datasets.store import KIND
 
@@ -199,11 +200,10 @@ def test_prepare_waits_for_a_build_in_another_process(tmp_path):
     ctx = Context(store=store, reporter=Recording())
     # the key this folder gets, computed as prepare_imagefolder does
     from zscir_cli.data.galleries import FolderGallery
-    from zscir_cli.jobs.retrieval.indexing import gallery_identity
 
     root = folder.resolve()
     files = sorted(root.glob("*.png"))
-    config = {"name": "imgs", "kind": "imagefolder", "source": gallery_identity(FolderGallery(root, files)),
+    config = {"name": "imgs", "kind": "imagefolder", "source": FolderGallery(root, files).identity(),
               "skip_bad": False, "captions": None}
     key = store.key_for(KIND, config)
     code = ("import time; from pathlib import Path; from zscir_cli.core import locks\n"
@@ -212,7 +212,7 @@ def test_prepare_waits_for_a_build_in_another_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        art, built = prepare_imagefolder(ctx, folder)
+        art, built = prepare_imagefolder(ctx, FolderRequest(str(folder)))
     finally:
         holder.wait(timeout=30)
     assert built and art.key == key

@@ -12,6 +12,9 @@ from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
 from zscir_cli.data.public_trees import SPLITS
+from zscir_cli.data.shapes.world import WorldConfig as W
+from zscir_cli.jobs.datasets.config import FolderRequest
+from zscir_cli.jobs.protocols.config import BenchmarkRequest
 from zscir_cli.data.captions import FORMAT_HELP
 
 app = typer.Typer(help="Prepare data sets: the shapes world, image folders, FashionIQ, CIRR, CIRCO.",
@@ -20,21 +23,20 @@ app = typer.Typer(help="Prepare data sets: the shapes world, image folders, Fash
 
 @app.command("shapes")
 def shapes_cmd(
-    seed: Seed = 0,
-    train_pairs: Annotated[int, typer.Option(min=1, help="Image-caption pairs for training.")] = 10000,
-    val_pairs: Annotated[int, typer.Option(min=1, help="Image-caption pairs for validation.")] = 1000,
-    queries: Annotated[int, typer.Option(min=1, help="Composed-retrieval queries per split (val, test).")] = 400,
-    image_size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
+    seed: Seed = W.seed,
+    train_pairs: Annotated[int, typer.Option(min=1, help="Image-caption pairs for training.")] = W.train_pairs,
+    val_pairs: Annotated[int, typer.Option(min=1, help="Image-caption pairs for validation.")] = W.val_pairs,
+    queries: Annotated[int, typer.Option(min=1, help="Composed-retrieval queries per split (val, test).")] = W.cir_queries,
+    image_size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = W.image_size,
     force: Force = False,
     json_out: Json = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """Generate the shapes world: image-caption pairs and a composed-retrieval benchmark."""
-    from zscir_cli.data.shapes import WorldConfig
     from zscir_cli.jobs.datasets.shapes import prepare_shapes
 
     ctx = make_context(cache_dir)
-    cfg = WorldConfig(seed=seed, image_size=image_size, train_pairs=train_pairs,
+    cfg = W(seed=seed, image_size=image_size, train_pairs=train_pairs,
                       val_pairs=val_pairs, cir_queries=queries)
     art, built = prepare_shapes(ctx, cfg, force=force)
     if json_out:
@@ -62,9 +64,9 @@ def imagefolder_cmd(
     """Record a folder of images (and captions) as a data set for map-train."""
     from zscir_cli.jobs.datasets.folders import prepare_imagefolder
 
-    ctx = make_context(cache_dir)
-    art, built = prepare_imagefolder(ctx, folder, name=name, skip_bad=skip_bad, force=force,
-                                     captions=captions)
+    art, built = prepare_imagefolder(make_context(cache_dir), FolderRequest(
+        folder=folder, name=name, captions=str(captions) if captions is not None else None, skip_bad=skip_bad,
+        force=force))
     m = art.manifest
     info = {"name": m["name"], "key": art.key, "images": m["counts"]["pairs/train"], "captioned": m["captioned"],
             "skipped": len(m["skipped"]), "built": built}
@@ -94,11 +96,11 @@ def _benchmark_command(name: str, title: str):
         json_out: Json = False,
         cache_dir: CacheDir = None,
     ) -> None:
-        from zscir_cli.jobs.protocols.trees import default_root, prepare_benchmark
+        from zscir_cli.jobs.protocols.trees import prepare_benchmark
 
-        ctx = make_context(cache_dir)
-        art, built = prepare_benchmark(ctx, name, root or default_root(name), skip_missing=skip_missing, force=force,
-                                       splits=split)
+        art, built = prepare_benchmark(make_context(cache_dir), BenchmarkRequest(
+            name=name, root=str(root) if root is not None else None, splits=list(split or []),
+            skip_missing=skip_missing, force=force))
         m = art.manifest
         absent = m.get("missing_splits", {})
         if json_out:

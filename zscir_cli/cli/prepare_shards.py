@@ -9,6 +9,7 @@ import typer
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Force, Json
+from zscir_cli.jobs.datasets.config import CsvRequest, WebdatasetRequest
 
 Name = Annotated[str | None, typer.Option(help="Name to use with --data [default: the shards' folder, or the "
                                                "file's name without suffix].", show_default=False)]
@@ -24,7 +25,7 @@ def webdataset_cmd(
                                                "(quote it), or a folder of .tar files.")],
     name: Name = None,
     skip_bad: SkipBad = False,
-    missing_caption: MissingCaption = "skip",
+    missing_caption: MissingCaption = CsvRequest.missing_caption,
     force: Force = False,
     json_out: Json = False,
     cache_dir: CacheDir = None,
@@ -32,21 +33,23 @@ def webdataset_cmd(
     """Record webdataset tar shards (img2dataset's .jpg/.png + .txt per key) as a data set."""
     from zscir_cli.jobs.datasets.shards import prepare_webdataset
 
-    ctx = make_context(cache_dir)
-    art, built = prepare_webdataset(ctx, shards, name, skip_bad=skip_bad, missing_caption=missing_caption, force=force)
+    art, built = prepare_webdataset(make_context(cache_dir), WebdatasetRequest(
+        shards=shards, name=name, skip_bad=skip_bad, missing_caption=missing_caption, force=force))
     _report(art, built, json_out)
 
 
 def csv_cmd(
     file: Annotated[str, typer.Argument(help="A CSV or TSV file with a header line; relative image paths are read "
                                              "from the file's folder.")],
-    image_column: Annotated[str, typer.Option(help="The column of image paths (open_clip's --csv-img-key).")] = "filepath",
-    caption_column: Annotated[str, typer.Option(help="The column of captions (open_clip's --csv-caption-key).")] = "title",
+    image_column: Annotated[str, typer.Option(
+        help="The column of image paths (open_clip's --csv-img-key).")] = CsvRequest.image_column,
+    caption_column: Annotated[str, typer.Option(
+        help="The column of captions (open_clip's --csv-caption-key).")] = CsvRequest.caption_column,
     separator: Annotated[str | None, typer.Option(help="Field separator, e.g. ',' or '\\t' [default: tab for "
                                                        ".tsv, else comma].", show_default=False)] = None,
     name: Name = None,
     skip_bad: SkipBad = False,
-    missing_caption: MissingCaption = "skip",
+    missing_caption: MissingCaption = CsvRequest.missing_caption,
     allow_outside_paths: Annotated[bool, typer.Option("--allow-outside-paths", help="Accept absolute image paths "
                                                       "and paths that leave the file's folder.")] = False,
     force: Force = False,
@@ -56,10 +59,9 @@ def csv_cmd(
     """Record a CSV/TSV file of image paths and captions (open_clip's convention) as a data set."""
     from zscir_cli.jobs.datasets.shards import prepare_csv
 
-    ctx = make_context(cache_dir)
-    art, built = prepare_csv(ctx, file, image_column=image_column, caption_column=caption_column, separator=separator,
-                             name=name, skip_bad=skip_bad, missing_caption=missing_caption,
-                             allow_outside=allow_outside_paths, force=force)
+    art, built = prepare_csv(make_context(cache_dir), CsvRequest(
+        file=file, image_column=image_column, caption_column=caption_column, separator=separator, name=name,
+        skip_bad=skip_bad, missing_caption=missing_caption, allow_outside=allow_outside_paths, force=force))
     _report(art, built, json_out)
 
 

@@ -12,14 +12,14 @@ from zscir_cli.data.captions import captions_digest
 from zscir_cli.data.imagefolder import check_image, scan_folder
 from zscir_cli.data.galleries import FolderGallery
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.datasets.config import FolderRequest
 from zscir_cli.jobs.datasets.store import KIND
 
 
-def prepare_imagefolder(ctx: Context, folder: str | Path, name: str | None = None,
-                        skip_bad: bool = False, force: bool = False,
-                        captions: str | Path | None = None) -> tuple[Artifact, bool]:
+def prepare_imagefolder(ctx: Context, req: FolderRequest) -> tuple[Artifact, bool]:
     """Validate a user folder and record it as a data set (split 'train'); images stay in place.
-    Captions come from `captions`, else from the folder's metadata.jsonl/metadata.csv."""
+    Captions come from `req.captions`, else from the folder's metadata.jsonl/metadata.csv."""
+    folder, name, skip_bad, force, captions = req.folder, req.name, req.skip_bad, req.force, req.captions
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"{root} is not a folder." if root.exists() else f"Folder not found: {root}.",

@@ -27,9 +27,9 @@ from zscir_cli.data.imagefolder import check_image
 from zscir_cli.data.paths import OUTSIDE_HINT, inside
 from zscir_cli.data.galleries import files_digest
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.datasets.config import MISSING_CAPTION, CsvRequest, WebdatasetRequest
 from zscir_cli.jobs.datasets.store import KIND
 
-MISSING_CAPTION = ("skip", "keep")
 NAMED = 100  # skipped samples listed in the manifest; the count covers them all
 WRITER_BATCH = 256  # rows the writer holds before it writes them out
 SKIP_HINT = "Fix or remove it, or pass --skip-bad to leave corrupt images out (they are counted)."
@@ -153,9 +153,9 @@ def shard_files(pattern: str) -> list[Path]:
     return files
 
 
-def prepare_webdataset(ctx: Context, pattern: str, name: str | None = None, *, skip_bad: bool = False,
-                       missing_caption: str = "skip", force: bool = False) -> tuple[Artifact, bool]:
+def prepare_webdataset(ctx: Context, req: WebdatasetRequest) -> tuple[Artifact, bool]:
     """Record webdataset tar shards (img2dataset's output) as a data set (split 'train')."""
+    pattern, name, skip_bad, missing_caption, force = req.shards, req.name, req.skip_bad, req.missing_caption, req.force
     files = [p.resolve() for p in shard_files(pattern)]
     root = Path(os.path.commonpath([str(p.parent) for p in files]))
     names = [p.relative_to(root).as_posix() for p in files]
@@ -188,17 +188,17 @@ def prepare_webdataset(ctx: Context, pattern: str, name: str | None = None, *, s
 
 # -- CSV / TSV --------------------------------------------------------------------------------
 
-def prepare_csv(ctx: Context, file: str | Path, *, image_column: str = "filepath", caption_column: str = "title",
-                separator: str | None = None, name: str | None = None, skip_bad: bool = False,
-                missing_caption: str = "skip", allow_outside: bool = False, force: bool = False) -> tuple[Artifact, bool]:
+def prepare_csv(ctx: Context, req: CsvRequest) -> tuple[Artifact, bool]:
     """Record a CSV/TSV file of image paths and captions as a data set (split 'train'); the images
     stay in place. Relative paths are read from the file's folder, and must stay inside it
     unless `allow_outside`."""
-    path = Path(file).expanduser()
+    image_column, caption_column, name, skip_bad = req.image_column, req.caption_column, req.name, req.skip_bad
+    missing_caption, allow_outside, force = req.missing_caption, req.allow_outside, req.force
+    path = Path(req.file).expanduser()
     if not path.is_file():
         raise UserError(f"CSV file not found: {path}.", "Give a CSV or TSV file with a header line.")
     path = path.resolve()
-    sep = shards.separator_for(path, separator)
+    sep = shards.separator_for(path, req.separator)
     st = path.stat()
     config = {"name": name or path.stem, "kind": "csv", "file": str(path), "size": st.st_size,
               "mtime_ns": st.st_mtime_ns, "image_column": image_column, "caption_column": caption_column,

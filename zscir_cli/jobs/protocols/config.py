@@ -45,3 +45,14 @@ class ScoreRequest:
     predictions: list[str] = field(default_factory=list)
     root: str | None = None  # the data set's folder (annotations are enough) [default: the prepared one]
     split: str = "val"
+
+
+@dataclass
+class BenchmarkRequest:
+    """`zscir prepare fashioniq|cirr|circo`: a public benchmark's tree, validated and recorded."""
+
+    name: str  # fashioniq | cirr | circo
+    root: str | None = None  # the data set's folder [default: $ZSCIR_DATA/<name>]
+    splits: list[str] = field(default_factory=list)  # [] = every split whose annotation files are present
+    skip_missing: bool = False  # go on without missing images (their queries are excluded and counted)
+    force: bool = False

@@ -14,6 +14,7 @@ from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.public_trees import LOADERS, SOURCES, SPLITS, BenchQuery, present_splits, split_files, tree_hint
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.protocols.config import BenchmarkRequest
 from zscir_cli.jobs.datasets.store import find_dataset
 
 KIND = "dataset"
@@ -52,11 +53,11 @@ def choose_splits(name: str, root: Path, splits: list[str] | None) -> tuple[list
     return present, [s for s in SPLITS[name] if s not in present]
 
 
-def prepare_benchmark(ctx: Context, name: str, root: Path, skip_missing: bool = False,
-                      force: bool = False, splits: list[str] | None = None) -> tuple[Artifact, bool]:
+def prepare_benchmark(ctx: Context, req: BenchmarkRequest) -> tuple[Artifact, bool]:
     """Validate the tree and record the chosen splits (default: those present; the manifest names
     the absent ones under `missing_splits`)."""
-    root = Path(root).expanduser().resolve()
+    name, skip_missing, force, splits = req.name, req.skip_missing, req.force, req.splits or None
+    root = (Path(req.root) if req.root is not None else default_root(name)).expanduser().resolve()
     chosen, absent = choose_splits(name, root, splits)
     loaded = {split: LOADERS[name](root, split) for split in chosen}
     config = {"name": name, "root": str(root), "annotations": _annotation_digest(root), "skip_missing": skip_missing,

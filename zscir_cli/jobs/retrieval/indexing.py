@@ -30,12 +30,7 @@ from zscir_cli.jobs.retrieval.encodings import (
     index_description,
 )
 
-__all__ = ["KIND", "IndexResult", "describe_source", "find_index", "gallery_identity", "index_gallery", "index_spec"]
-
-
-def gallery_identity(gallery: Gallery) -> dict[str, Any]:
-    """What makes two galleries the same (see `Gallery.identity`)."""
-    return gallery.identity()
+__all__ = ["KIND", "IndexResult", "describe_source", "find_index", "index_gallery", "index_spec"]
 
 
 @dataclass
