@@ -11,23 +11,24 @@ import typer
 from zscir_cli.cli.common import make_context, print_hits, print_json
 from zscir_cli.cli.console import err, out
 from zscir_cli.cli.options import CacheDir, Device, Json, Seed
+from zscir_cli.jobs.demo.config import DemoRequest as D
+from zscir_cli.jobs.training.config import PretrainConfig
 
 
 def demo(
-    seed: Seed = 0,
-    steps: Annotated[int | None, typer.Option(min=1, help="Pretraining steps [default: 900].",
+    seed: Seed = D.seed,
+    steps: Annotated[int | None, typer.Option(min=1, help=f"Pretraining steps [default: {PretrainConfig.steps}].",
                                                  show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run in seconds, to check the "
-                                        "installation (its numbers mean nothing).")] = False,
-    html: Annotated[Path, typer.Option(help="Where to write the example queries' HTML page.")] = Path("zscir-demo.html"),
+                                        "installation (its numbers mean nothing).")] = D.quick,
+    html: Annotated[Path, typer.Option(help="Where to write the example queries' HTML page.")] = Path(str(D.html)),
     recipe: Annotated[str, typer.Option(
-        help="Stage II: default (triplets 'zscir synth' makes from captions, targets that name the same "
-             "content, an adapter on the token embeddings too; chosen on val) or paper (caption-template "
-             "triplets whose targets need only show the new word, adapters after the text blocks only, as "
-             "the paper describes).")] = "default",
+        help="Stage II: default (triplets 'zscir synth' makes from captions, chosen on val) or paper "
+             "(caption-template triplets whose targets need only show the new word, adapters after the text "
+             "blocks only, as the paper describes).")] = D.recipe,
     split: Annotated[str, typer.Option(
         help="Where the table is measured: test, or val (to choose settings; the val queries have their "
-             "own wording and scenes).")] = "test",
+             "own wording and scenes).")] = D.split,
     json_out: Json = False,
     serve: Annotated[bool, typer.Option(
         "--serve", help="Then serve the demo's gallery with 'zscir serve' (a page to query and walk it).")] = False,
@@ -36,34 +37,17 @@ def demo(
     cache_dir: CacheDir = None,
 ) -> None:
     """Composed image retrieval end to end on the embedded shapes world, offline, on a CPU."""
-    from dataclasses import replace
-
     from zscir_cli.cli.evaluate import results_table
-    from zscir_cli.jobs.demo.run import DemoConfig, run_demo
-    from zscir_cli.core.outputs import check_output
+    from zscir_cli.jobs.demo.config import demo_config
+    from zscir_cli.jobs.demo.run import run_demo
 
     start = time.time()
-    from zscir_cli.core.errors import UserError
-
-    if recipe not in ("default", "paper"):
-        raise UserError(f"Unknown --recipe '{recipe}'.", "Use default or paper.")
-    if split not in ("val", "test"):
-        raise UserError(f"Unknown --split '{split}'.", "Use test, or val to choose settings.")
-    html = check_output(html)  # a bad path fails now, not after minutes of training
-    if serve:  # so does a busy port
+    cfg = demo_config(D(seed=seed, quick=quick, steps=steps, recipe=recipe, split=split, html=str(html)))
+    if serve:  # a busy port fails now too, not after minutes of training
         from zscir_cli.cli.serve import bind
 
         bind("127.0.0.1", port).close()
     ctx = make_context(cache_dir, device)
-    cfg = DemoConfig.quick(seed) if quick else DemoConfig()
-    if not quick:
-        cfg = cfg.with_seed(seed)
-    if steps is not None:
-        cfg.pretrain = replace(cfg.pretrain, steps=steps)
-    if recipe == "paper":
-        cfg = cfg.paper_recipe()
-    cfg.html = html
-    cfg.split = split
     res = run_demo(ctx, cfg)
     total = time.time() - start
     ev = res.evaluation

@@ -102,3 +102,14 @@ class Busy(Exception):
         super().__init__(f"{name} is held by {who}")
         self.name = name
         self.who = who
+
+
+def held_among(root: Path, prefix: str) -> str | None:
+    """The holder of a held lock whose name starts with `prefix` (the locks of one job's processes,
+    one each), or None when no live process holds one."""
+    folder = Path(root) / LOCK_DIR
+    for path in sorted(folder.glob(f"{re.sub(r'[^A-Za-z0-9_.-]', '_', prefix)}*.lock")) if folder.is_dir() else []:
+        name = path.name.removesuffix(".lock")
+        if is_held(root, name):
+            return holder(root, name)
+    return None

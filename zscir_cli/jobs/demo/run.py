@@ -3,81 +3,28 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from zscir_cli.data.shapes import WorldConfig
 from zscir_cli.data.synth import SYNTH_VERSION
 from zscir_cli.jobs.backbones import open_backbone
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.shapes import prepare_shapes
 from zscir_cli.jobs.datasets.store import load_split, resolve_gallery
+from zscir_cli.jobs.demo.config import SCENE_LABEL, DemoConfig, DemoRequest, demo_config
 from zscir_cli.jobs.protocols.results import Evaluation, evaluate
 from zscir_cli.jobs.protocols.suites import shapes_suite
 from zscir_cli.jobs.retrieval.indexing import index_gallery
 from zscir_cli.jobs.retrieval.methods import BASELINES, MethodChoice, load_method
 from zscir_cli.jobs.backbones import backbone_spec
-from zscir_cli.jobs.training.config import PretrainConfig
 from zscir_cli.jobs.training.pretrain import pretrain
 from zscir_cli.jobs.retrieval.query import QueryResult, load_index, run_query, write_html
 from zscir_cli.jobs.retrieval.references import ID, ReferenceArg, resolve
-from zscir_cli.jobs.training.config import Stage1Config
 from zscir_cli.jobs.training.stage1 import map_train
-from zscir_cli.jobs.training.config import Stage2Config
 from zscir_cli.jobs.training.stage2 import compose_train
 from zscir_cli.jobs.training.synth import caption_embedder, corpus_from_dataset, synthesise
 from zscir_cli.jobs.training.triplet_files import write_triplets
-
-# Stage I on the shapes lab: a small text tower and 10k pairs learn faster with a larger step
-# than the paper's 1e-4 for ViT-L-14 (see the README's results).
-DEMO_STAGE1 = {"epochs": 10, "batch_size": 256, "lr": 1e-3}
-# Stage II: trained on what `zscir synth` makes from the corpus's captions (the recipe a user
-# with images and captions runs); scene-graph triplets train a second run, a lab reference row.
-# Every value here was chosen on the val split (docs/lab.md says on which seeds, and what else
-# was tried).
-DEMO_STAGE2 = {"epochs": 10, "batch_size": 128, "lr": 1e-3}
-DEMO_TRIPLETS = 5000
-DEMO_MATCH = "content"
-SCENE_LABEL = "tscir (scene triplets, lab reference)"
-
-
-@dataclass
-class DemoConfig:
-    world: WorldConfig = field(default_factory=WorldConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    stage1: Stage1Config = field(default_factory=lambda: Stage1Config(**DEMO_STAGE1))
-    stage2: Stage2Config = field(default_factory=lambda: Stage2Config(triplets="", **DEMO_STAGE2))
-    triplets: int = DEMO_TRIPLETS  # synthetic triplets for Stage II
-    triplet_match: str = DEMO_MATCH  # how template targets are accepted (zscir synth --match)
-    scene_reference: bool = True  # also train Stage II on scene-graph triplets: a lab reference row
-    split: str = "test"  # where the table is measured: val (for choosing defaults) or test
-    examples: int = 4  # example queries shown and written to the HTML page
-    top_k: int = 5  # results per example
-    html: Path | None = Path("zscir-demo.html")
-
-    def with_seed(self, seed: int) -> DemoConfig:
-        """One seed for every stage: the world, the base CLIP, Stage I and Stage II."""
-        return replace(self, world=replace(self.world, seed=seed), pretrain=replace(self.pretrain, seed=seed),
-                       stage1=replace(self.stage1, seed=seed), stage2=replace(self.stage2, seed=seed))
-
-    def paper_recipe(self) -> DemoConfig:
-        """Stage II as the paper describes it: caption-template triplets whose targets need only
-        show the new word (the low-quality recipe), composing adapters after the text blocks
-        only, none on the token embeddings."""
-        return replace(self, triplet_match="words", stage2=replace(self.stage2, embedding_adapter=False))
-
-    @staticmethod
-    def quick(seed: int = 0) -> DemoConfig:
-        """A reduced demo for tests: seconds, not minutes; its numbers mean nothing."""
-        # enough captions for the default recipe (targets naming the same content) to find a batch
-        return DemoConfig(world=WorldConfig(seed=seed, train_pairs=240, val_pairs=24, cir_queries=12),
-                          pretrain=PretrainConfig(steps=3, batch_size=8, seed=seed),
-                          stage1=Stage1Config(epochs=1, batch_size=48, seed=seed),
-                          stage2=Stage2Config(triplets="", epochs=1, batch_size=8, seed=seed, hard_negatives=2),
-                          triplets=40, scene_reference=False,  # a small world holds few exact edits
-                          examples=2, top_k=3, html=None)  # tests and benchmarks write no page
-
 
 @dataclass
 class DemoResult:
@@ -87,6 +34,11 @@ class DemoResult:
     evaluation: Evaluation
     index_key: str
     checkpoint: str
+
+
+def demo(ctx: Context, req: DemoRequest) -> DemoResult:
+    """`zscir demo`: the request checked and turned into its configuration, then run."""
+    return run_demo(ctx, demo_config(req))
 
 
 def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:

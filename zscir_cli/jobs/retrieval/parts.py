@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zscir_cli.core import faults
+from zscir_cli.core import faults, locks
 from zscir_cli.core.cache import Artifact, fsync_path
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import Gallery
@@ -47,6 +47,11 @@ POLL_S = 0.5
 
 def parts_folder(root: Path, kind: str, key: str) -> Path:
     return Path(root) / PARTS / f"{kind}-{key}"
+
+
+def lock_prefix(kind: str, key: str) -> str:
+    """The names of the locks the processes of a build hold, one per rank, begin so."""
+    return f"parts-{kind}-{key}-"
 
 
 def part_name(k: int, count: int) -> str:
@@ -88,6 +93,11 @@ class PartsRun:
         self.ctx, self.d, self.kind, self.key, self.n, self.part_rows = ctx, d, kind, key, n, part_rows
         self.folder = parts_folder(ctx.store.root, kind, key)
         self.count = math.ceil(n / part_rows)
+
+    def held(self):
+        """This rank's lock on the build, held while it works on it: `cache rm --incomplete` never
+        removes the parts of a build a live process is working on."""
+        return locks.hold(self.ctx.store.root, f"{lock_prefix(self.kind, self.key)}{self.d.rank}")
 
     # -- plan (rank 0), shared with every rank -----------------------------------------------
 

@@ -72,34 +72,35 @@ def sharded_features(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist
     fcfg = features_config(backbone, gallery.identity(), grid)
     key = ctx.store.key_for(FEATURES, fcfg)
     run = PartsRun(ctx, d, FEATURES, key, n, part_rows_for(n, batch_size))
-    plan = run.plan(lambda: "found" if ctx.store.get(FEATURES, key) is not None else None)
-    if plan.action == "error":
-        raise UserError(*plan.error)  # type: ignore[misc]
-    if plan.action == "found":
-        art = ctx.store.get(FEATURES, key)
-        assert art is not None
-        return art
+    with run.held():  # while this process works on the build
+        plan = run.plan(lambda: "found" if ctx.store.get(FEATURES, key) is not None else None)
+        if plan.action == "error":
+            raise UserError(*plan.error)  # type: ignore[misc]
+        if plan.action == "found":
+            art = ctx.store.get(FEATURES, key)
+            assert art is not None
+            return art
 
-    def write_part(part: Part) -> dict[str, Any]:
-        writer = _PartWriter(part)
-        stats = run_encoder(ctx, backbone, part.gallery(gallery), writer, grid=grid, batch_size=batch_size,
-                            description=f"features, part {part.number + 1}/{plan.count}: {len(part.rows)} images")
-        writer.publish(run.folder, part.name)
-        return log_fields(stats, part.rows)
+        def write_part(part: Part) -> dict[str, Any]:
+            writer = _PartWriter(part)
+            stats = run_encoder(ctx, backbone, part.gallery(gallery), writer, grid=grid, batch_size=batch_size,
+                                description=f"features, part {part.number + 1}/{plan.count}: {len(part.rows)} images")
+            writer.publish(run.folder, part.name)
+            return log_fields(stats, part.rows)
 
-    run.write(plan, write_part, "features:after-part")
-    if not d.main:
-        return run.wait_for_artifact()
+        run.write(plan, write_part, "features:after-part")
+        if not d.main:
+            return run.wait_for_artifact()
 
-    def assemble(logs: list[dict[str, Any]], stats: RunStats) -> Artifact:
-        writers = sorted({int(log["rank"]) for log in logs})
-        ctx.reporter.info(f"features: {plan.count} part(s), {len(plan.pending)} written now, by rank(s) "
-                          f"{', '.join(map(str, writers))} ({plan.count - len(plan.pending)} reused)")
-        return _assemble(ctx, backbone, gallery, run, fcfg, stats, [int(log["rank"]) for log in logs])
+        def assemble(logs: list[dict[str, Any]], stats: RunStats) -> Artifact:
+            writers = sorted({int(log["rank"]) for log in logs})
+            ctx.reporter.info(f"features: {plan.count} part(s), {len(plan.pending)} written now, by rank(s) "
+                              f"{', '.join(map(str, writers))} ({plan.count - len(plan.pending)} reused)")
+            return _assemble(ctx, backbone, gallery, run, fcfg, stats, [int(log["rank"]) for log in logs])
 
-    # the data set must be prepared again when images are unreadable: its parts are of no use
-    return run.finish(plan, assemble, lambda stats: check_failures(gallery, stats, strict=True, index=False),
-                      waited_for=True)
+        # the data set must be prepared again when images are unreadable: its parts are of no use
+        return run.finish(plan, assemble, lambda stats: check_failures(gallery, stats, strict=True, index=False),
+                          waited_for=True)
 
 
 def _assemble(ctx: Context, backbone: Backbone, gallery: Gallery, run: PartsRun, fcfg: dict[str, Any],

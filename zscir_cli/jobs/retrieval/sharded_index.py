@@ -83,47 +83,48 @@ def index_sharded(ctx: Context, backbone, gallery: Gallery, d: Dist, *, part_siz
     icfg = index_config(backbone, ident, skip_bad, spec)
     key = ctx.store.key_for(INDEX, icfg)
     run = PartsRun(ctx, d, INDEX, key, n, math.ceil(part_size / batch_size) * batch_size)
+    with run.held():  # while this process works on the build
 
-    def decide() -> str | None:
-        found = ctx.store.get(INDEX, key)
-        if found is not None and not force:
-            return "found"
-        if found is None and not force and features_of(ctx, backbone, ident) is not None:
-            return "features"  # the cached features hold the numbers: no encoding
-        if force:
-            ctx.store.ensure_writable()
-            if found is not None:
-                ctx.store.remove(found)
-            shutil.rmtree(run.folder, ignore_errors=True)
-        return None
+        def decide() -> str | None:
+            found = ctx.store.get(INDEX, key)
+            if found is not None and not force:
+                return "found"
+            if found is None and not force and features_of(ctx, backbone, ident) is not None:
+                return "features"  # the cached features hold the numbers: no encoding
+            if force:
+                ctx.store.ensure_writable()
+                if found is not None:
+                    ctx.store.remove(found)
+                shutil.rmtree(run.folder, ignore_errors=True)
+            return None
 
-    plan = run.plan(decide)
-    if plan.action == "error":
-        raise UserError(*plan.error)  # type: ignore[misc]
-    if plan.action != "encode":
+        plan = run.plan(decide)
+        if plan.action == "error":
+            raise UserError(*plan.error)  # type: ignore[misc]
+        if plan.action != "encode":
+            if not d.main:
+                return None
+            return ShardedResult(_reuse(ctx, backbone, gallery, key, plan.action, batch_size, spec, skip_bad), 0, 0,
+                                 d.world)
+
+        def write_part(part: Part) -> dict[str, Any]:
+            writer = _PartWriter(part, backbone.embed_dim)
+            stats = run_encoder(ctx, backbone, part.gallery(gallery), writer, batch_size=batch_size,
+                                description=f"part {part.number + 1}/{plan.count}: {len(part.rows)} images")
+            writer.close()
+            emb.publish_part(run.folder, part.name, writer.path, [gallery.ids[part.rows[i]] for i in stats.rows],
+                             [_path_of(gallery, part.rows[i]) for i in stats.rows], part.tmp)
+            return log_fields(stats, part.rows)
+
+        run.write(plan, write_part, "index:after-part")
         if not d.main:
             return None
-        return ShardedResult(_reuse(ctx, backbone, gallery, key, plan.action, batch_size, spec, skip_bad), 0, 0,
-                             d.world)
-
-    def write_part(part: Part) -> dict[str, Any]:
-        writer = _PartWriter(part, backbone.embed_dim)
-        stats = run_encoder(ctx, backbone, part.gallery(gallery), writer, batch_size=batch_size,
-                            description=f"part {part.number + 1}/{plan.count}: {len(part.rows)} images")
-        writer.close()
-        emb.publish_part(run.folder, part.name, writer.path, [gallery.ids[part.rows[i]] for i in stats.rows],
-                         [_path_of(gallery, part.rows[i]) for i in stats.rows], part.tmp)
-        return log_fields(stats, part.rows)
-
-    run.write(plan, write_part, "index:after-part")
-    if not d.main:
-        return None
-    art = run.finish(plan, lambda _logs, stats: _assemble(ctx, gallery, run, icfg, plan, stats,
-                                                          backbone.spec.label(), spec),
-                     lambda stats: check_failures(gallery, stats, strict=not skip_bad, index=True), waited_for=False)
-    skipped = len(art.manifest.get("skipped", []))
-    return ShardedResult(IndexResult(art, True, skipped, dict(art.manifest.get("timings_s", {}))),
-                         plan.count, plan.count - len(plan.pending), d.world)
+        art = run.finish(plan, lambda _logs, stats: _assemble(ctx, gallery, run, icfg, plan, stats,
+                                                              backbone.spec.label(), spec),
+                         lambda stats: check_failures(gallery, stats, strict=not skip_bad, index=True), waited_for=False)
+        skipped = len(art.manifest.get("skipped", []))
+        return ShardedResult(IndexResult(art, True, skipped, dict(art.manifest.get("timings_s", {}))),
+                             plan.count, plan.count - len(plan.pending), d.world)
 
 
 def _reuse(ctx: Context, backbone, gallery: Gallery, key: str, action: str, batch_size: int,
