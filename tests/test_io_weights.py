@@ -73,25 +73,40 @@ def test_a_pt_file_without_a_state_dict_gets_a_sentence(tmp_path):
 
 
 def test_the_hash_of_a_weights_file_is_memoised_on_disk(tmp_path, monkeypatch):
-    weights.set_memo_root(tmp_path / "cache")
+    memo = weights.WeightsMemo(tmp_path / "cache")
     path = tmp_path / "w.safetensors"
     save_file({"x": torch.ones(3)}, str(path))
-    first = weights.weights_sha256(path)
-    memo = json.loads(weights.memo_path().read_text())
-    assert memo["files"][str(path.resolve())]["sha256"] == first
-    weights.set_memo_root(None)
-    weights.set_memo_root(tmp_path / "cache")  # a new process: only the file on disk remembers
+    first = memo.sha256(path)
+    on_disk = json.loads(memo.path.read_text())
+    assert on_disk["files"][str(path.resolve())]["sha256"] == first
+    again = weights.WeightsMemo(tmp_path / "cache")  # a new process: only the file on disk remembers
 
     def no_hashing(p):
         raise AssertionError("hashed again")
 
     monkeypatch.setattr(weights, "file_sha256", no_hashing)
-    assert weights.weights_sha256(path) == first
-    assert weights.find_weights(first) == path.resolve()
+    assert again.sha256(path) == first
+    assert again.find(first) == path.resolve()
     monkeypatch.undo()
     save_file({"x": torch.zeros(3)}, str(path))  # changed content: a new hash
-    assert weights.weights_sha256(path) != first
-    weights.set_memo_root(None)
+    assert again.sha256(path) != first
+    nowhere = weights.WeightsMemo(None)  # without a cache: remembered in the process only
+    assert nowhere.sha256(path) == again.sha256(path) and nowhere.path is None
+
+
+def test_a_spec_hashes_through_the_memo_its_command_gives_it(tmp_path):
+    from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.jobs.backbones import resolve_spec
+    from zscir_cli.jobs.context import Context
+
+    path = tmp_path / "w.safetensors"
+    save_file({"x": torch.ones(3)}, str(path))
+    ctx = Context(store=ArtifactStore(tmp_path / "cache"))
+    spec = resolve_spec(ctx, "zscir-tiny-vit", str(path))
+    assert spec.memo is ctx.memo and spec == ModelSpec("zscir-tiny-vit", str(path))  # the memo is no part of it
+    spec.identity()
+    assert (tmp_path / "cache" / ".memo" / "weights-sha256.json").is_file()  # the command's cache, nowhere else
+    ModelSpec("zscir-tiny-vit", str(path)).identity()  # no memo: nothing written anywhere
 
 
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}])

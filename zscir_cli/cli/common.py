@@ -13,11 +13,7 @@ from zscir_cli.jobs.context import Context
 
 def make_context(cache_dir: Path | None = None, device: str = "auto",
                  workers: int | None = None) -> Context:
-    from zscir_cli.model.weights import set_memo_root
-
-    store = ArtifactStore(cache_dir)
-    set_memo_root(store.root)  # weights hashes are memoised in the cache the command uses
-    return Context(store=store, reporter=RichReporter(), device=device, workers=workers)
+    return Context(store=ArtifactStore(cache_dir), reporter=RichReporter(), device=device, workers=workers)
 
 
 def print_json(obj: Any) -> None:

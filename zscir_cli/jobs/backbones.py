@@ -7,6 +7,7 @@ turns it into a `UserError` whose advice names the command-line options.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from zscir_cli.model.backbone import (
     spec_from_identity,
 )
 from zscir_cli.model.text import TextEncoder
-from zscir_cli.model.weights import find_weights, set_memo_root
 from zscir_cli.jobs.context import Context
 
 LATEST = "latest"
@@ -65,18 +65,17 @@ def user_errors() -> Iterator[None]:
         raise as_user_error(e) from e
 
 
-def backbone_spec(artifact: Artifact) -> ModelSpec:
-    """The spec that loads a base CLIP trained by `zscir pretrain`."""
-    return ModelSpec(artifact.manifest["config"]["model"], str(artifact.path / WEIGHTS))
+def backbone_spec(artifact: Artifact, ctx: Context | None = None) -> ModelSpec:
+    """The spec that loads a base CLIP trained by `zscir pretrain` (with `ctx`'s weights memo)."""
+    return ModelSpec(artifact.manifest["config"]["model"], str(artifact.path / WEIGHTS), ctx.memo if ctx else None)
 
 
 def resolve_spec(ctx: Context, model: str | None, pretrained: str | None) -> ModelSpec:
     """Defaults: the paper's ViT-L-14/openai. `--pretrained latest` names the newest checkpoint
     that `zscir pretrain` made for `--model` in this cache."""
-    set_memo_root(ctx.store.root)
     name = model or DEFAULT_MODEL
     with user_errors():
-        check_spec(ModelSpec(name))  # an unknown name is reported before any default is chosen
+        check_spec(ModelSpec(name, memo=ctx.memo))  # an unknown name is reported before any default is chosen
     if pretrained is None:
         pretrained = DEFAULT_PRETRAINED if model is None else _default_pretrained(ctx, name)
     if pretrained == LATEST:
@@ -84,8 +83,8 @@ def resolve_spec(ctx: Context, model: str | None, pretrained: str | None) -> Mod
         if not found:
             raise UserError(f"No checkpoint of {name} trained by 'zscir pretrain' in {ctx.store.root}.",
                             f"Run 'zscir pretrain --model {name}' (or 'zscir demo') first.")
-        return ModelSpec(name, str(found[0].path / WEIGHTS))
-    spec = ModelSpec(name, pretrained)
+        return ModelSpec(name, str(found[0].path / WEIGHTS), ctx.memo)
+    spec = ModelSpec(name, pretrained, ctx.memo)
     with user_errors():
         check_spec(spec)
     return spec
@@ -109,7 +108,6 @@ def _default_pretrained(ctx: Context, name: str) -> str:
 
 def open_backbone(ctx: Context, spec: ModelSpec, device: Any = None) -> Backbone:
     """Load `spec` on `device` (default: the context's), with user errors for bad weights."""
-    set_memo_root(ctx.store.root)
     device = resolve_device(ctx.device) if device is None else device
     with user_errors():
         return load_backbone(spec, cache_dir=ctx.store.root, device=device)
@@ -119,18 +117,17 @@ def spec_for_identity(ctx: Context, ident: dict[str, Any]) -> ModelSpec:
     """The spec that rebuilds an artifact's model. Weights files are found by their content:
     the files this machine has hashed before, then the checkpoints of 'zscir pretrain' in this
     cache (wherever the cache lies now)."""
-    set_memo_root(ctx.store.root)
     sha = ident.get("sha256")
     if not sha:
-        return spec_from_identity(ident)
+        return replace(spec_from_identity(ident), memo=ctx.memo)
     candidates = [a.path / WEIGHTS for a in ctx.store.find(KIND, lambda a: a.manifest.get(
         "config", {}).get("model") == ident["name"])]
-    path = find_weights(str(sha), candidates)
+    path = ctx.memo.find(str(sha), candidates)  # type: ignore[union-attr]
     if path is None:
         raise UserError(f"The weights of {identity_label(ident)} are neither in the cache at "
                         f"{ctx.store.root} nor in a file this machine has used before.",
                         "Name them with --model and --pretrained /path/to/weights.")
-    return spec_from_identity(ident, Path(path))
+    return replace(spec_from_identity(ident, Path(path)), memo=ctx.memo)
 
 
 def text_encoder(backbone: Backbone, placeholder_id: int) -> TextEncoder:

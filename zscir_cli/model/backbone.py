@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from zscir_cli.model.weights import (
     hub_offline,
     hub_unreachable,
     read_torch_state,
-    weights_sha256,
+    WeightsMemo,
 )
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -66,12 +66,18 @@ def available_models() -> list[str]:
     return open_clip.list_models()
 
 
+# without a memo from the command's context, a process remembers the hashes it made (nowhere on disk)
+_PROCESS_MEMO = WeightsMemo(None)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a user names: an architecture and a weights source."""
+    """What a user names: an architecture and a weights source. `memo` remembers weights files'
+    content hashes (the command's cache carries one; it is no part of the spec's value)."""
 
     name: str
     pretrained: str | None = None
+    memo: WeightsMemo | None = field(default=None, compare=False, hash=False, repr=False)
 
     def normalised(self) -> ModelSpec:
         pre = self.pretrained
@@ -81,7 +87,7 @@ class ModelSpec:
             pre = str(Path(pre).expanduser().resolve())
         if self.name.startswith(SCHEMAS):
             pre = None  # OpenCLIP ignores `pretrained` for schema ids: so do we
-        return ModelSpec(self.name, pre)
+        return ModelSpec(self.name, pre, self.memo)
 
     @property
     def weights_file(self) -> str | None:
@@ -102,7 +108,7 @@ class ModelSpec:
             if not os.path.isfile(path):
                 raise BackboneError(f"weights file not found: {path}", "missing_file", path)
             ident: dict[str, Any] = {"name": spec.name, "pretrained": None,
-                                     "sha256": weights_sha256(path)}
+                                     "sha256": (self.memo or _PROCESS_MEMO).sha256(path)}
         else:
             ident = {"name": spec.name, "pretrained": spec.pretrained}
         if needs_quick_gelu(spec):

@@ -14,21 +14,17 @@ import pickle
 import re
 import socket
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from zscir_cli.core.cache import resolve_cache_root
 from zscir_cli.core.digests import file_sha256
+from zscir_cli.core.durable import write_atomically
 
 MEMO_FILE = Path(".memo") / "weights-sha256.json"
 HUB_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 2.0
-
-_memo_root: Path | None = None
-_memo: dict[str, dict[str, Any]] | None = None
 
 
 class WeightsFileError(ValueError):
@@ -37,75 +33,70 @@ class WeightsFileError(ValueError):
 
 # -- content identity ----------------------------------------------------------------------------
 
-def set_memo_root(root: str | os.PathLike | None) -> None:
-    """Keep the hash memo under this cache root (the command's), instead of the default root."""
-    global _memo_root, _memo
-    new = Path(root) if root is not None else None
-    if new != _memo_root:
-        _memo_root, _memo = new, None
+class WeightsMemo:
+    """Weights files' content hashes, remembered per (real path, size, mtime): in a small JSON file
+    under a cache root (the command's, which the context carries), or, with no root, in this
+    process only (nothing is written anywhere)."""
 
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else None
+        self._entries: dict[str, dict[str, Any]] | None = None
 
-def memo_path() -> Path:
-    return (_memo_root or resolve_cache_root()) / MEMO_FILE
+    @property
+    def path(self) -> Path | None:
+        return self.root / MEMO_FILE if self.root is not None else None
 
+    def entries(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            self._entries = {}
+            if self.path is not None:
+                try:
+                    data = json.loads(self.path.read_text(encoding="utf-8"))
+                    self._entries = {k: v for k, v in data.get("files", {}).items() if isinstance(v, dict)}
+                except (OSError, ValueError, AttributeError):
+                    pass
+        return self._entries
 
-def _entries() -> dict[str, dict[str, Any]]:
-    global _memo
-    if _memo is None:
+    def _save(self) -> None:
+        """Write the memo durably; a read-only cache only loses the memo, never the command."""
+        if self.path is None:
+            return
+        live = {k: v for k, v in self.entries().items() if os.path.exists(k)}
         try:
-            data = json.loads(memo_path().read_text(encoding="utf-8"))
-            _memo = {k: v for k, v in data.get("files", {}).items() if isinstance(v, dict)}
-        except (OSError, ValueError, AttributeError):
-            _memo = {}
-    return _memo
-
-
-def _save_entries(entries: dict[str, dict[str, Any]]) -> None:
-    """Write the memo through a unique temporary file and a rename; a read-only cache only
-    loses the memo, never the command."""
-    path = memo_path()
-    live = {k: v for k, v in entries.items() if os.path.exists(k)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.incomplete")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"version": 1, "files": live}, indent=1, sort_keys=True) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def weights_sha256(path: str | os.PathLike) -> str:
-    """The file's sha256, read from the memo while the file's size and mtime are unchanged."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    entries = _entries()
-    entry = entries.get(real)
-    if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
-        return str(entry["sha256"])
-    digest = file_sha256(Path(real))
-    entries[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    _save_entries(entries)
-    return digest
-
-
-def find_weights(sha256: str, candidates: Iterable[Path] = ()) -> Path | None:
-    """A file on this machine whose content hash is `sha256`: first the files the memo knows
-    (unchanged since they were hashed), then `candidates`."""
-    for real, entry in list(_entries().items()):
-        if entry.get("sha256") != sha256:
-            continue
-        try:
-            st = os.stat(real)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, (json.dumps({"version": 1, "files": live}, indent=1, sort_keys=True)
+                                         + "\n").encode("utf-8"))
         except OSError:
-            continue
-        if entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
-            return Path(real)
-    for path in candidates:
-        if path.is_file() and weights_sha256(path) == sha256:
-            return path
-    return None
+            pass
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        """The file's sha256, remembered while the file's size and mtime are unchanged."""
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        entry = self.entries().get(real)
+        if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+            return str(entry["sha256"])
+        digest = file_sha256(Path(real))
+        self.entries()[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        self._save()
+        return digest
+
+    def find(self, sha256: str, candidates: Iterable[Path] = ()) -> Path | None:
+        """A file on this machine whose content hash is `sha256`: first the files the memo knows
+        (unchanged since they were hashed), then `candidates`."""
+        for real, entry in list(self.entries().items()):
+            if entry.get("sha256") != sha256:
+                continue
+            try:
+                st = os.stat(real)
+            except OSError:
+                continue
+            if entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+                return Path(real)
+        for path in candidates:
+            if path.is_file() and self.sha256(path) == sha256:
+                return path
+        return None
 
 
 # -- reading a user's torch checkpoint -----------------------------------------------------------

@@ -55,7 +55,7 @@ def run_demo(ctx: Context, cfg: DemoConfig) -> DemoResult:
 
     t = time.time()
     ctx.reporter.info("3/7 Stage I mapping: stage1 (VSI + soft text alignment) and pic2word (neither)")
-    spec = backbone_spec(backbone_art)
+    spec = backbone_spec(backbone_art, ctx)
     s1 = replace(cfg.stage1, data=data.key)
     # the runs trained here are the runs used below, whatever else the cache holds
     runs = {"stage1": map_train(ctx, spec, s1).key,
