@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,21 @@ import pytest
 # No test may reach the network: hub lookups fail at once instead of timing out.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ.pop("ZSCIR_HOME", None)
 os.environ.pop("ZSCIR_DEBUG", None)
+# No test may write outside its temporary folders: the default cache (a command without
+# --cache-dir) and ~/.cache point into a folder of this process's own, and the session fails if
+# anything was written there.
+_OUTSIDE = Path(tempfile.mkdtemp(prefix="zscir-tests-outside-"))
+os.environ["ZSCIR_HOME"] = str(_OUTSIDE / "zscir")
+os.environ["XDG_CACHE_HOME"] = str(_OUTSIDE / "xdg-cache")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    written = sorted(str(p.relative_to(_OUTSIDE)) for p in _OUTSIDE.rglob("*") if p.is_file())
+    shutil.rmtree(_OUTSIDE, ignore_errors=True)
+    if written:
+        session.exitstatus = 1
+        print(f"\ntests wrote outside their temporary folders: {', '.join(written[:10])}")
 
 
 @pytest.fixture
