@@ -1,5 +1,6 @@
-"""Durable writes: files flushed to disk with ordinary permissions, and a write that failed
-for want of space or permission turned into a sentence naming the path and the fix."""
+"""Durable writes: the one way a file is written (`write_atomically`) or a finished one put in
+place (`publish`), flushed to disk with ordinary permissions; a write that failed for want of
+space or permission becomes a sentence naming the path and the fix (from `errors.OS_ERRORS`)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from zscir_cli.core import faults
-from zscir_cli.core.errors import UserError
+from zscir_cli.core.errors import OS_ERRORS, UserError
 
-_ROOM = "Free some space, or move the cache to a disk with room (--cache-dir DIR or ZSCIR_HOME)."
-_WRITABLE = ("Make the cache folder writable, or pass --cache-dir DIR (or set ZSCIR_HOME) to a "
-             "folder you can write.")
-# errno -> (what happened, what to do about it)
-_WRITE_ERRORS = {
-    errno.ENOSPC: ("the disk is full", _ROOM),
-    errno.EDQUOT: ("the disk quota is exceeded", _ROOM),
-    errno.EFBIG: ("the file is too large for the file system", _ROOM),
-    errno.EACCES: ("permission denied", _WRITABLE),
-    errno.EPERM: ("the operation is not permitted", _WRITABLE),
-    errno.EROFS: ("the file system is read-only", _WRITABLE),
-}
 # writers outside Python (safetensors, faiss) report the OS error in their message only
-_MESSAGE_ERRNOS = {os.strerror(n): n for n in _WRITE_ERRORS}
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS)
+_MESSAGE_ERRNOS = {os.strerror(n): n for n in _WRITE_ERRNOS}
 
 
 def write_failure(exc: BaseException, root: Path) -> UserError | None:
@@ -41,9 +31,9 @@ def write_failure(exc: BaseException, root: Path) -> UserError | None:
         match = re.search(r"os error (\d+)", text)
         code = int(match.group(1)) if match else next(
             (n for msg, n in _MESSAGE_ERRNOS.items() if msg in text), None)
-    if code not in _WRITE_ERRORS:
+    if code not in _WRITE_ERRNOS:
         return None
-    what, fix = _WRITE_ERRORS[code]
+    what, fix = OS_ERRORS[code]
     path = getattr(exc, "filename", None)
     where = f"{path}" if path else f"to the cache at {root}"
     return UserError(f"Could not write {where}: {what}; nothing of the unfinished artifact "
@@ -68,6 +58,15 @@ def settle(folder: Path) -> None:
             os.chmod(path, 0o666 & ~mask)
             fsync_path(Path(path))
         fsync_path(Path(dirpath))
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put a finished file (written under a temporary name by another writer: a memory map, a
+    parquet writer) in place: flushed, renamed over `path`, and the rename itself flushed."""
+    fsync_path(Path(tmp))
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
+        fsync_path(Path(path).parent)
 
 
 def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *,

@@ -37,27 +37,31 @@ def close_matches(word: str, choices: Iterable[str], n: int = 5) -> list[str]:
     return [lowered[f] for f in found]
 
 
-_OS_FIXES = {
-    errno.EACCES: "Check its permissions, or pass --cache-dir DIR (or set ZSCIR_HOME) to use a "
-                  "folder you can write.",
-    errno.EPERM: "Check its permissions and ownership.",
-    errno.EROFS: "The file system is read-only: pass --cache-dir DIR (or set ZSCIR_HOME) to use "
-                 "a writable folder.",
-    errno.ENOSPC: "The disk is full: free space ('zscir cache rm' prunes the cache) or pass "
-                  "--cache-dir DIR on another disk.",
-    errno.EDQUOT: "The disk quota is exhausted: free space ('zscir cache rm' prunes the cache) "
-                  "or pass --cache-dir DIR on another disk.",
-    errno.EISDIR: "A file was expected there, not a folder: give a file's path.",
-    errno.ENOTDIR: "A part of the path is a file where a folder was expected: check the path.",
-    errno.ENOENT: "Check the path.",
-    errno.EMFILE: "Too many files are open: raise the limit (ulimit -n) or use fewer --workers.",
+_ROOM = "Free some space ('zscir cache rm' prunes the cache), or pass --cache-dir DIR on a disk with room."
+_WRITABLE = ("Check its permissions, or pass --cache-dir DIR (or set ZSCIR_HOME) to use a folder you "
+             "can write.")
+# The one table of what the system refused: errno -> (what happened, what to do about it). Every
+# OSError a command meets becomes a sentence from it (`os_error`), a failed write of the cache too
+# (`durable.write_failure`).
+OS_ERRORS = {
+    errno.ENOSPC: ("the disk is full", _ROOM),
+    errno.EDQUOT: ("the disk quota is exceeded", _ROOM),
+    errno.EFBIG: ("the file is too large for the file system", _ROOM),
+    errno.EACCES: ("permission denied", _WRITABLE),
+    errno.EPERM: ("the operation is not permitted", _WRITABLE),
+    errno.EROFS: ("the file system is read-only", "Pass --cache-dir DIR (or set ZSCIR_HOME) to use a writable folder."),
+    errno.EISDIR: ("a folder is where a file was expected", "Give a file's path."),
+    errno.ENOTDIR: ("a part of the path is a file where a folder was expected", "Check the path."),
+    errno.ENOENT: ("no such file or folder", "Check the path."),
+    errno.EMFILE: ("too many files are open", "Raise the limit (ulimit -n) or use fewer --workers."),
 }
 
 
 def os_error(e: OSError) -> UserError:
     """An operating-system failure (permissions, a full disk, a folder where a file belongs)
     as a user error: one sentence naming the path, then the fix."""
-    what = (e.strerror or str(e) or type(e).__name__).rstrip(".")
+    known = OS_ERRORS.get(e.errno or 0)
+    what = known[0] if known else (e.strerror or str(e) or type(e).__name__).rstrip(".")
     if e.filename is not None:
         where = f"{os.fsdecode(e.filename)}"
         if e.filename2 is not None:
@@ -65,4 +69,4 @@ def os_error(e: OSError) -> UserError:
         message = f"{where}: {what[:1].lower() + what[1:]}."
     else:
         message = f"The system refused an operation: {what[:1].lower() + what[1:]}."
-    return UserError(message, _OS_FIXES.get(e.errno or 0, "Check the path and try again."))
+    return UserError(message, known[1] if known else "Check the path and try again.")

@@ -8,6 +8,8 @@ import html
 import io
 from pathlib import Path
 
+from zscir_cli.core.durable import write_atomically
+
 STYLE = ("<style>body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:4px;"
          "text-align:center;font-size:11px}img{display:block;width:128px;"
          "height:128px;object-fit:contain;background:#eee}.px img{image-rendering:pixelated}"
@@ -28,10 +30,7 @@ def data_uri(img, size: int = 160) -> str:
 def write_page(path: Path, title: str, body: list[str]) -> None:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}"
             f"</head><body><h1>{html.escape(title)}</h1>" + "".join(body) + "</body></html>\n")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.incomplete")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_atomically(Path(path), page.encode("utf-8"))
 
 
 def figure(img, caption: str, cls: str = "") -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from zscir_cli.core.cache import fsync_path
+from zscir_cli.core.durable import publish
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import files_digest
 from zscir_cli.index import search
@@ -52,13 +52,11 @@ def publish_part(folder: Path, name: str, embeddings: Path, ids: list[str], path
 
     for sub in (IMG_DIR, META_DIR):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    fsync_path(embeddings)
-    os.replace(embeddings, folder / IMG_DIR / f"img_emb_{name}.npy")
+    publish(embeddings, folder / IMG_DIR / f"img_emb_{name}.npy")
     meta_tmp = tmp / f"metadata_{name}.{os.getpid()}.parquet"
     pq.write_table(pa.table({"image_path": pa.array(paths, pa.string()), "id": pa.array(ids, pa.string())}),
                    meta_tmp)
-    fsync_path(meta_tmp)
-    os.replace(meta_tmp, folder / META_DIR / f"metadata_{name}.parquet")
+    publish(meta_tmp, folder / META_DIR / f"metadata_{name}.parquet")
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -30,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from zscir_cli.core import faults, locks
-from zscir_cli.core.cache import Artifact, fsync_path
+from zscir_cli.core.cache import Artifact
+from zscir_cli.core.durable import write_atomically
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import Gallery
 from zscir_cli.jobs.context import Context
@@ -149,11 +149,7 @@ class PartsRun:
 
     def _write_log(self, k: int, log: dict[str, Any], tmp: Path) -> None:
         (self.folder / LOGS).mkdir(exist_ok=True)
-        path = tmp / f"{self.log_path(k).name}.{os.getpid()}"
-        path.write_text(json.dumps(log))
-        fsync_path(path)
-        os.replace(path, self.log_path(k))
-        fsync_path(self.log_path(k).parent)
+        write_atomically(self.log_path(k), json.dumps(log).encode())
 
     # -- wait and assemble (rank 0) ------------------------------------------------------------
 
@@ -194,9 +190,7 @@ class PartsRun:
             check(stats)
         except UserError as e:
             if waited_for:
-                tmp = self.folder / f"{FAILED}.tmp"
-                tmp.write_text(json.dumps({"message": e.message, "hint": e.hint}))
-                os.replace(tmp, self.folder / FAILED)
+                write_atomically(self.folder / FAILED, json.dumps({"message": e.message, "hint": e.hint}).encode())
                 self.d.barrier()  # the other ranks have read it
             shutil.rmtree(self.folder, ignore_errors=True)
             raise

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from zscir_cli.core.arrays import NpyAppender
-from zscir_cli.core.cache import Artifact, fsync_path
+from zscir_cli.core.cache import Artifact
+from zscir_cli.core.durable import publish
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import Gallery
 from zscir_cli.jobs.context import Context
@@ -58,8 +59,7 @@ class _PartWriter:
         for array, path in self.paths.items():
             self.arrays[array].close()
             if path.is_file():  # absent when no image of the part could be read (the run stops then)
-                fsync_path(path)
-                os.replace(path, folder / f"part_{name}.{array}.npy")
+                publish(path, folder / f"part_{name}.{array}.npy")
 
 
 def sharded_features(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist, grid: int,

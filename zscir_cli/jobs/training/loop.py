@@ -15,10 +15,8 @@ import contextlib
 import functools
 import json
 import math
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,8 @@ import torch
 from torch import nn
 
 from zscir_cli.core import faults
-from zscir_cli.core.cache import Artifact, fsync_path
+from zscir_cli.core.cache import Artifact
+from zscir_cli.core.durable import write_atomically
 from zscir_cli.core.errors import UserError
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.distributed import Dist, device_for, gather, init_distributed  # noqa: F401 - re-exported
@@ -102,26 +101,8 @@ def partial_path(root: Path, kind: str, key: str) -> Path:
     return Path(root) / PARTIAL / f"{kind}-{key}"
 
 
-def _replace_durably(write: Callable[[Any], None], path: Path, kill_point: str | None = None) -> None:
-    # pid + uuid: two processes (or a killed one's leftover) never share a temporary file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.incomplete")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if kill_point:
-            faults.point(kill_point)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # so that the rename itself survives a power cut
-        fsync_path(path.parent)
-
-
 def save_checkpoint(state: dict[str, Any], folder: Path) -> None:
-    _replace_durably(lambda f: torch.save(state, f), folder / CHECKPOINT, "checkpoint:before-replace")
+    write_atomically(folder / CHECKPOINT, lambda f: torch.save(state, f), kill_point="checkpoint:before-replace")
     faults.point("checkpoint:after-replace")
 
 
@@ -194,7 +175,7 @@ def _open_partial(ctx: Context, spec: TrainSpec, folder: Path, resume: bool) -> 
     for stale in folder.glob(".*.incomplete"):  # a killed writer's leftovers; we hold the lock
         stale.unlink(missing_ok=True)
     run = {"kind": spec.kind, "key": spec.key, "epochs": spec.epochs, "description": spec.description}
-    _replace_durably(lambda f: f.write(json.dumps({**run, "config": spec.config}, default=str).encode()), folder / RUN)
+    write_atomically(folder / RUN, json.dumps({**run, "config": spec.config}, default=str).encode())
     return None
 
 
