@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from zscir_cli.core.errors import UserError
 from zscir_cli.data.pixels import check_pixels, open_limited
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -23,17 +22,5 @@ def load_rgb(source: str | Path | bytes | Image.Image) -> Image.Image:
         img = open_limited(source, str(source))
     img.load()
     return img.convert("RGB")
-
-
-def open_image_arg(path: str | Path) -> Image.Image:
-    """An image named on the command line, with a user error when it cannot be read."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"Image not found: {p}.", "Check the path.")
-    try:
-        return load_rgb(p)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"Cannot read {p} as an image ({e}).",
-                        f"Give a {', '.join(IMAGE_SUFFIXES)} file.") from e
 
 

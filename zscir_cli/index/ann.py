@@ -24,7 +24,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("auto", "flat", "hnsw", "ivf")
 # A flat scan of at most this many numbers (rows x dim) answers one query in a few milliseconds
 # on one core: about 21,800 vectors of 768 dimensions.
 FLAT_MAX_SCAN = 2 ** 24

@@ -9,7 +9,6 @@ read with `weights_only=True`), or 'none' for random weights (tests and benchmar
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -279,12 +278,6 @@ def _quiet_open_clip():
 def model_config(name: str) -> dict[str, Any] | None:
     register_configs()
     return open_clip.get_model_config(name)
-
-
-def write_config_sidecar(name: str, path: Path) -> None:
-    """Write the architecture's JSON config beside weights, so a reader can rebuild it."""
-    cfg = model_config(name)
-    path.write_text(json.dumps({"model_name": name, "model_cfg": cfg}, indent=2) + "\n")
 
 
 def _looks_like_path(value: str) -> bool:

@@ -24,14 +24,6 @@ def tower_kind(model: nn.Module) -> str:
                      "OpenCLIP ViT and ModifiedResNet towers have them.")
 
 
-def token_count(model: nn.Module, grid: int, image_size: int | None = None) -> int:
-    """M for this model and grid, found by running one blank image."""
-    size = image_size or _image_size(model)
-    device = next(model.parameters()).device
-    _, tokens = encode_with_tokens(model, torch.zeros(1, 3, size, size, device=device), grid)
-    return int(tokens.shape[1])
-
-
 def _image_size(model: nn.Module) -> int:
     size = model.visual.image_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -45,7 +45,6 @@ class Tally:
     uncaptioned: int = 0  # samples without a caption (left out, or kept with an empty one)
     no_image: int = 0  # samples without an image member: left out
     skipped: list[dict[str, str]] = field(default_factory=list)  # the first NAMED of them
-    broken_shards: list[dict[str, str]] = field(default_factory=list)
 
     def skip(self, where: str, reason: str) -> None:
         if len(self.skipped) < NAMED:

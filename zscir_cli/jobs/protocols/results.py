@@ -37,10 +37,6 @@ class MethodResult:
     name: str = ""  # the query method (image, text, sum, pic2word, stage1, tscir)
     recipe: str = ""  # how the method was made (`methods.describe`)
 
-    @property
-    def by_edit(self) -> dict[str, float]:
-        return self.groups.get("by_edit_R@1", {})
-
     def to_json(self) -> dict[str, Any]:
         return {"method": self.name or self.method, "recipe": self.recipe, "run": self.run, **self.metrics,
                 **{g: v for g, v in self.groups.items() if g in NESTED_GROUPS}}

@@ -59,10 +59,6 @@ def publish_part(folder: Path, name: str, embeddings: Path, ids: list[str], path
     publish(meta_tmp, folder / META_DIR / f"metadata_{name}.parquet")
 
 
-def _npy_shape(path: Path) -> tuple[int, ...]:
-    return tuple(np.load(path, mmap_mode="r").shape)
-
-
 def _parquet_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
