@@ -46,7 +46,7 @@ SYNONYMS = [{"gray", "grey"}, {"big", "large"}]
 EDIT_TYPES = ("replace", "background", "count", "add", "remove")
 # Bump when a change here changes the triplets a corpus and seed give: it is part of every
 # triplet artifact's key, so triplets of an older recipe are never reused.
-SYNTH_VERSION = 3  # 3: object-naming templates (data.templates), recipe per row
+SYNTH_VERSION = 4  # 4: object-naming templates inside frames (data.templates), recipe per row
 MATCHES = ("words", "content")  # how a nearest caption is accepted as a target (see `_accepts`)
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
 
