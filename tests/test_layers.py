@@ -144,3 +144,19 @@ def test_no_zscir_import_inside_a_function_but_in_the_commands():
 def _says_why(path: Path, line: int) -> bool:
     """A lazy import of a module that loads a heavy library says so in a comment on its line."""
     return "heavy" in path.read_text().splitlines()[line - 1] or "torch" in path.read_text().splitlines()[line - 1]
+
+
+def test_every_data_file_of_the_package_ships():
+    """A non-editable `pip install .` carries the page's static files and the model configs: every
+    file of the package that is not Python is named by the package data of pyproject.toml."""
+    import fnmatch
+    import tomllib
+
+    data = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = [p for p in PKG.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert files
+    for path in files:
+        rel = path.relative_to(PKG.parent)
+        owners = [pkg for pkg in data if rel.as_posix().startswith(pkg.replace(".", "/") + "/")]
+        assert any(fnmatch.fnmatch(rel.relative_to(pkg.replace(".", "/")).as_posix(), pattern)
+                   for pkg in owners for pattern in data[pkg]), rel
