@@ -30,8 +30,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "add": ("add {a_obj}", "also show {a_obj}", "with {a_obj} as well", "put {a_obj} in it", "include {a_obj}",
             "there should be {a_obj} too", "i want {a_obj} added"),
     "remove": ("remove the {obj}", "without the {obj}", "take away the {obj}", "get rid of the {obj}",
-               "remove the {phrase}", "delete the {obj}", "the {obj} should not be there", "i want the {obj} removed",
-               "erase the {obj}", "take the {obj} out", "clear away the {phrase}"),
+               "remove the {phrase}", "delete the {obj}", "the {obj} should not be there", "i want the {obj} removed"),
 }
 # how people wrap a request: a modification is one of these with the template's sentence as {m}
 # (half of them bare), so that Stage II learns to find the edit inside words it does not need
