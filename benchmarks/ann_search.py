@@ -130,7 +130,8 @@ def _run(which: str, work: str, args: dict, out) -> None:
         truth = np.load(folder / "truth.npy").tolist()
         recall = _recall(ranked, truth)
         raw = _recall(opened.index.search(queries, K)[1], truth)  # the index alone, no re-rank
-    out.put({"raw_recall": raw, "base_gb": base, "p50_ms": 1000 * float(np.percentile(lat, 50)), "p95_ms": 1000 * float(np.percentile(lat, 95)),
+    out.put({"raw_recall": raw, "base_gb": base, "p50_ms": 1000 * float(np.percentile(lat, 50)),
+             "p95_ms": 1000 * float(np.percentile(lat, 95)),
              "singles": singles, "batched_qps": batched, "recall": recall, "search_peak_gb": _peak()})
 
 

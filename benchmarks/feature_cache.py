@@ -30,15 +30,15 @@ def main() -> None:
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.data import shapes
     from zscir_cli.data.galleries import FolderGallery
+    from zscir_cli.jobs.context import Context
+    from zscir_cli.jobs.retrieval.features import cached_features
+    from zscir_cli.jobs.training.config import Stage1Config
+    from zscir_cli.jobs.training.stage1 import mapping_config
     from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.model.losses import info_nce
     from zscir_cli.model.mapping import PROMPT, Mapper
     from zscir_cli.model.text import TextEncoder
     from zscir_cli.model.visual import encode_with_tokens
-    from zscir_cli.jobs.context import Context
-    from zscir_cli.jobs.retrieval.features import cached_features
-    from zscir_cli.jobs.training.config import Stage1Config
-    from zscir_cli.jobs.training.stage1 import mapping_config
 
     torch.manual_seed(0)
     backbone = load_backbone(ModelSpec(args.model, "none"))

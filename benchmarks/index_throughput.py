@@ -41,9 +41,9 @@ def main() -> None:
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.data import shapes
     from zscir_cli.data.galleries import FolderGallery
-    from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.retrieval.indexing import index_gallery
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
 
     backbone = load_backbone(ModelSpec(args.model, "none"))
     size = backbone.preprocess.transforms[0].size

@@ -124,8 +124,8 @@ def _embedder(args, ctx):
     from zscir_cli.jobs.backbones import open_backbone, resolve_spec
 
     if args.pretrain_steps:
-        from zscir_cli.jobs.datasets.shapes import prepare_shapes
         from zscir_cli.jobs.backbones import backbone_spec
+        from zscir_cli.jobs.datasets.shapes import prepare_shapes
         from zscir_cli.jobs.training.config import PretrainConfig
         from zscir_cli.jobs.training.pretrain import pretrain
 

@@ -49,10 +49,10 @@ def pseudo_word_probe(ctx, backbone, suite, scene) -> None:
     import numpy as np
     import torch
 
+    from zscir_cli.jobs.retrieval.encodings import encode_once
+    from zscir_cli.jobs.retrieval.features import FeatureSet
     from zscir_cli.model.mapping import PROMPT
     from zscir_cli.model.text import TextEncoder
-    from zscir_cli.jobs.retrieval.features import FeatureSet
-    from zscir_cli.jobs.retrieval.encodings import encode_once
 
     gallery = suite.galleries[""]
     captions = sorted({shapes.caption(s) for s in scene.values()})

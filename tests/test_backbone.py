@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.jobs.backbones import user_errors
 from zscir_cli.model.backbone import BackboneError, ModelSpec, model_config
 from zscir_cli.model.backbone import load_backbone as _load_backbone
-from zscir_cli.jobs.backbones import user_errors
 
 
 def load_backbone(spec, **kwargs):

@@ -11,9 +11,9 @@ import pytest
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.data.public_trees import BenchQuery
+from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.protocols.predictions import Rankings, metrics_for
 from zscir_cli.jobs.protocols.trees import PreparedSplit, open_split
-from zscir_cli.jobs.context import Context
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -111,9 +111,9 @@ def prepared(cli, trees, tmp_path):
 
 
 def test_cirr_removes_the_reference_and_fashioniq_keeps_it(prepared):
-    from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.jobs.protocols.ranking import rank_split
     from zscir_cli.jobs.retrieval.methods import QueryMethod
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
 
     ctx = Context(store=ArtifactStore(prepared), workers=0)
     bb = load_backbone(ModelSpec("zscir-tiny-vit", "none"))
@@ -129,9 +129,9 @@ def test_cirr_removes_the_reference_and_fashioniq_keeps_it(prepared):
 
 
 def test_fashioniq_encodes_both_caption_orders(prepared, monkeypatch):
-    from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.jobs.protocols.ranking import rank_split
     from zscir_cli.jobs.retrieval.methods import QueryMethod
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
 
     seen = []
     real = QueryMethod.encode

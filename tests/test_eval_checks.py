@@ -17,9 +17,9 @@ TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 def prepared(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """CIRR and CIRCO fixture trees, prepared once for the module."""
     from zscir_cli.core.cache import ArtifactStore
+    from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.protocols.config import BenchmarkRequest
     from zscir_cli.jobs.protocols.trees import prepare_benchmark
-    from zscir_cli.jobs.context import Context
 
     base = tmp_path_factory.mktemp("bench")
     trees = {"cirr": benchfixtures.cirr(base / "cirr"), "circo": benchfixtures.circo(base / "circo")}

@@ -50,8 +50,8 @@ def test_help_of_every_command_shows_defaults_whole(cli):
 
 def _tiny_backbone_in(cache: Path) -> Path:
     """A 'zscir pretrain' checkpoint of zscir-tiny-vit, as the cache holds it (random weights)."""
-    from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.jobs.backbones import KIND, WEIGHTS
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
 
     model = load_backbone(ModelSpec("zscir-tiny-vit", "none")).model
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

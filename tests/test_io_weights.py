@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.jobs.backbones import user_errors
 from zscir_cli.model import weights
 from zscir_cli.model.backbone import ModelSpec, create_kwargs, load_backbone, model_config
-from zscir_cli.jobs.backbones import user_errors
 
 
 def _activations(model: torch.nn.Module) -> set[str]:

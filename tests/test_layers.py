@@ -150,6 +150,7 @@ def test_every_data_file_of_the_package_ships():
     """A non-editable `pip install .` carries the page's static files and the model configs: every
     file of the package that is not Python is named by the package data of pyproject.toml."""
     import fnmatch
+
     import tomllib
 
     data = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]

@@ -20,10 +20,10 @@ def world(tmp_path_factory):
 
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.data.galleries import FolderGallery
-    from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.retrieval.indexing import index_gallery
     from zscir_cli.jobs.service.service import load_service
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
 
     base = tmp_path_factory.mktemp("serve")
     folder = make_folder.__wrapped__(base)
@@ -56,8 +56,8 @@ def test_health_info_and_ids(client, world):
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["indexes"] == [key]
     info = client.get("/api/info").json()
     assert info["model"] == world[3].backbone.spec.label() and info["model"].startswith("zscir-tiny-vit")
-    assert info["indexes"] == [{"key": key, "size": 10, "kind": "flat", "source": "folder", "description": info["indexes"][0]["description"],
-                                "images": True}]
+    assert info["indexes"] == [{"key": key, "size": 10, "kind": "flat", "source": "folder",
+                                "description": info["indexes"][0]["description"], "images": True}]
     # no trained run for a random model: the baselines only, and the default falls back to sum
     assert info["methods"] == [{"name": m, "run": None} for m in ("image", "text", "sum")]
     assert info["default_method"] == "sum" and info["default_index"] == key

@@ -15,9 +15,9 @@ def world(tmp_path_factory):
 
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.data.galleries import FolderGallery
-    from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.retrieval.indexing import index_gallery
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
 
     base = tmp_path_factory.mktemp("batch")
     folder = make_folder.__wrapped__(base)

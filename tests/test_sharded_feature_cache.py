@@ -10,9 +10,9 @@ import pytest
 def test_feature_cache_stores_the_pooled_grid_in_fp16(image_folder, tmp_path, grid):
     from zscir_cli.core.cache import ArtifactStore
     from zscir_cli.data.galleries import FolderGallery
-    from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.retrieval.features import cached_features
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
 
     backbone = load_backbone(ModelSpec("zscir-tiny-vit", "none"))
     ctx = Context(store=ArtifactStore(tmp_path / "cache"), workers=0)

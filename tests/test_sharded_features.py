@@ -12,8 +12,8 @@ from runs import prepared_world, torchrun, zscir
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.core.errors import UserError
-from zscir_cli.model.backbone import ModelSpec
 from zscir_cli.jobs.context import Context
+from zscir_cli.model.backbone import ModelSpec
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 # 200 training images, batch 64: parts of 64 rows (4 parts, dealt to 2 processes as 0,2 / 1,3)

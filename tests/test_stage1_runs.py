@@ -11,10 +11,10 @@ from runs import losses, one_and_two_processes, prepared_world
 from safetensors.torch import load_file
 
 from zscir_cli.core.cache import ArtifactStore
-from zscir_cli.model.backbone import ModelSpec
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.training.config import Stage1Config
 from zscir_cli.jobs.training.stage1 import map_train
+from zscir_cli.model.backbone import ModelSpec
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 SPEC = ModelSpec("zscir-tiny-vit", "none")

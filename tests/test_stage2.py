@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from zscir_cli.jobs.training.composing import caption_ids, likely_false_negatives, mine_hard_negatives
 from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
 from zscir_cli.model.backbone import ModelSpec, load_backbone
 from zscir_cli.model.mapping import Mapper, MappingConfig
 from zscir_cli.model.text import TextEncoder, placeholder_token_id
-from zscir_cli.jobs.training.composing import caption_ids, likely_false_negatives, mine_hard_negatives
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 
@@ -59,7 +59,8 @@ def test_compose_train_puts_an_adapter_on_the_token_embeddings_unless_told_not_t
 
 
 def test_adapter_layers_outside_the_depth():
-    with pytest.raises(ValueError, match=r"Adapter layers 7 outside the text encoder.s depth \(blocks 1..4; 0: on the token embeddings\)"):
+    with pytest.raises(ValueError, match=r"Adapter layers 7 outside the text encoder.s depth "
+                                         r"\(blocks 1..4; 0: on the token embeddings\)"):
         ComposingAdapters(AdapterConfig(64, 4, 8, [1, 7]))
 
 

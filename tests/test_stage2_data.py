@@ -12,10 +12,10 @@ from torch import nn
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.jobs.retrieval.features import FeatureSet
-from zscir_cli.jobs.training.config import Stage2Config
-from zscir_cli.jobs.training.stage2 import ComposeLoss
 from zscir_cli.jobs.training.composing import HardNegativeMiner, TripletData
+from zscir_cli.jobs.training.config import Stage2Config
 from zscir_cli.jobs.training.loop import Dist
+from zscir_cli.jobs.training.stage2 import ComposeLoss
 
 CPU = torch.device("cpu")
 # six images on the unit circle (degrees); image 5 is named by no triplet, so it is never mined

@@ -31,10 +31,10 @@ def trained(tmp_path_factory) -> Path:
 
 def _train(cache: Path, triplets: Path, validate: bool):
     from zscir_cli.core.cache import ArtifactStore
-    from zscir_cli.model.backbone import ModelSpec
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.training.config import Stage2Config
     from zscir_cli.jobs.training.stage2 import compose_train
+    from zscir_cli.model.backbone import ModelSpec
 
     cfg = Stage2Config(triplets=str(triplets), epochs=3, batch_size=32, lr=1e-2, hard_negatives=3, seed=1,
                        validate=validate)
@@ -69,11 +69,11 @@ def test_stage2_validates_every_epoch_without_changing_the_weights(cli, trained,
 
     # neither encoding the val gallery (its loader draws a seed) nor validating moves the RNG
     from zscir_cli.core.cache import ArtifactStore
-    from zscir_cli.model.backbone import ModelSpec, load_backbone
     from zscir_cli.jobs.context import Context
     from zscir_cli.jobs.retrieval.methods import load_method
     from zscir_cli.jobs.training.stage2 import Stage2Net
     from zscir_cli.jobs.training.validation import ShapesValidation
+    from zscir_cli.model.backbone import ModelSpec, load_backbone
 
     ctx = Context(store=ArtifactStore(cache), workers=0)
     backbone = load_backbone(ModelSpec("zscir-tiny-vit", "none"))

@@ -11,8 +11,8 @@ import pytest
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.core.errors import UserError
-from zscir_cli.jobs.protocols.trees import open_split
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.protocols.trees import open_split
 
 TINY = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 

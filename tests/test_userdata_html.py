@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 from PIL import Image
 
-from zscir_cli.jobs.retrieval.query import Hit, QueryResult, write_html
 from zscir_cli.jobs.pages import STYLE, figure, score_labels
+from zscir_cli.jobs.retrieval.query import Hit, QueryResult, write_html
 
 
 def test_scores_show_four_significant_digits_or_enough_to_differ():

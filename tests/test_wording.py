@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from zscir_cli.data import shapes
-from zscir_cli.data.templates import framed
 from zscir_cli.data.shapes import wording
+from zscir_cli.data.templates import framed
 
 PRETRAIN_STEPS = 150  # a sixth of the default stream (900 steps of 64): its counts are lower bounds
 

@@ -44,7 +44,7 @@ def demo(
     start = time.time()
     cfg = demo_config(D(seed=seed, quick=quick, steps=steps, recipe=recipe, split=split, html=str(html)))
     if serve:  # a busy port fails now too, not after minutes of training
-        from zscir_cli.cli.serve import bind
+        from zscir_cli.web.server import bind
 
         bind("127.0.0.1", port).close()
     ctx = make_context(cache_dir, device)
@@ -81,6 +81,12 @@ def demo(
 
 def _serve(ctx, index_key: str, serve: bool, port: int) -> None:
     if serve:
-        from zscir_cli.cli.serve import serve_indexes
+        from zscir_cli.cli.serve import log_line
+        from zscir_cli.jobs.service.config import ServeRequest
+        from zscir_cli.web.server import bind, run
 
-        serve_indexes(ctx, [index_key], "127.0.0.1", port)
+        sock = bind("127.0.0.1", port)
+        try:
+            run(ctx, ServeRequest(indexes=[index_key], port=port), sock, log_line)
+        finally:
+            sock.close()

@@ -11,11 +11,11 @@ from zscir_cli.cli import prepare_shards
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, warn
 from zscir_cli.cli.options import CacheDir, Force, Json, Seed
+from zscir_cli.data.captions import FORMAT_HELP
 from zscir_cli.data.public_trees import SPLITS
 from zscir_cli.data.shapes.world import WorldConfig as W
 from zscir_cli.jobs.datasets.config import FolderRequest
 from zscir_cli.jobs.protocols.config import BenchmarkRequest
-from zscir_cli.data.captions import FORMAT_HELP
 
 app = typer.Typer(help="Prepare data sets: the shapes world, image folders, FashionIQ, CIRR, CIRCO.",
                   no_args_is_help=True)

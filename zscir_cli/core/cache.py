@@ -27,9 +27,9 @@ from typing import Any
 
 from zscir_cli import __version__
 from zscir_cli.core import faults, locks
+from zscir_cli.core.digests import canonical_json, content_key
 from zscir_cli.core.durable import fsync_path, settle, write_failure
 from zscir_cli.core.errors import UserError
-from zscir_cli.core.digests import canonical_json, content_key
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -44,7 +44,8 @@ def read_captions(path: str | Path, *, require_caption: bool = True) -> list[Cap
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"Captions file not found: {path}.", f"Give a file in one of the accepted forms: {FORMAT_HELP}.") from None
+        raise UserError(f"Captions file not found: {path}.",
+                        f"Give a file in one of the accepted forms: {FORMAT_HELP}.") from None
     except IsADirectoryError:
         raise UserError(f"{path} is a folder, not a captions file.", f"Give a file: {FORMAT_HELP}.") from None
     try:

@@ -7,14 +7,15 @@ turns it into a `UserError` whose advice names the command-line options.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.device import resolve_device
 from zscir_cli.core.errors import UserError
+from zscir_cli.jobs.context import Context
 from zscir_cli.model.backbone import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -27,7 +28,6 @@ from zscir_cli.model.backbone import (
     spec_from_identity,
 )
 from zscir_cli.model.text import TextEncoder
-from zscir_cli.jobs.context import Context
 
 LATEST = "latest"
 # a base CLIP that `zscir pretrain` trained: an artifact of this kind, an OpenCLIP checkpoint

@@ -22,10 +22,10 @@ from zscir_cli.core.device import autocast
 from zscir_cli.core.errors import close_matches
 from zscir_cli.model.weights import (
     WeightsFileError,
+    WeightsMemo,
     hub_offline,
     hub_unreachable,
     read_torch_state,
-    WeightsMemo,
 )
 
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -84,11 +85,12 @@ def _error(e: ApiError) -> JSONResponse:
     return JSONResponse(e.to_json(), e.status)
 
 
-def create_app(service: Service, log: Callable[[str], None] | None = None) -> ASGIApp:
-    """The ASGI app serving `service`; `log` receives one line per request."""
+def create_app(service: Service, log: Callable[[str], None] | None = None, io_threads: int = 4) -> ASGIApp:
+    """The ASGI app serving `service`; `log` receives one line per request; gallery images are
+    read by at most `io_threads` worker threads at once."""
     app = FastAPI(title="zscir", docs_url=None, redoc_url=None, openapi_url=None)
     _handlers(app)
-    _routes(app, service)
+    _routes(app, service, io_threads)
     return Guard(app, service, log or service.ctx.reporter.info)
 
 
@@ -115,7 +117,8 @@ def _handlers(app: FastAPI) -> None:
                                "Check the parameter's type (sizes, offsets and k are whole numbers)."))
 
 
-def _routes(app: FastAPI, service: Service) -> None:
+def _routes(app: FastAPI, service: Service, io_threads: int) -> None:
+    limiter: list[anyio.CapacityLimiter] = []  # made on the event loop, on first use
     @app.get("/", response_class=HTMLResponse)
     async def page() -> Response:
         return Response(_static("index.html"), media_type="text/html; charset=utf-8",
@@ -145,7 +148,9 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/api/images/{image_id:path}")
     async def image(image_id: str, index: str | None = None, size: int | None = None) -> Response:
-        png = await run_in_threadpool(service.image_png, index, image_id, size)
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(io_threads))
+        png = await anyio.to_thread.run_sync(service.image_png, index, image_id, size, limiter=limiter[0])
         return Response(png, media_type="image/png",
                         headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
 

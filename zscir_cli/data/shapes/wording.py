@@ -31,8 +31,8 @@ import string
 import numpy as np
 
 from zscir_cli.data.shapes.edits import reference_phrase, with_article
-from zscir_cli.data.templates import TEMPLATES, write
 from zscir_cli.data.shapes.scene import SHAPES, Scene, pick
+from zscir_cli.data.templates import TEMPLATES, write
 
 # -- captions ------------------------------------------------------------------------------------
 

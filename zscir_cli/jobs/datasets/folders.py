@@ -9,8 +9,8 @@ from typing import Any
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.captions import captions_digest
-from zscir_cli.data.imagefolder import check_image, scan_folder
 from zscir_cli.data.galleries import FolderGallery
+from zscir_cli.data.imagefolder import check_image, scan_folder
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.config import FolderRequest
 from zscir_cli.jobs.datasets.store import KIND

@@ -23,9 +23,9 @@ from typing import Any
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.data import shards
+from zscir_cli.data.galleries import files_digest
 from zscir_cli.data.imagefolder import check_image
 from zscir_cli.data.paths import OUTSIDE_HINT, inside
-from zscir_cli.data.galleries import files_digest
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.config import MISSING_CAPTION, CsvRequest, WebdatasetRequest
 from zscir_cli.jobs.datasets.store import KIND

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from zscir_cli.data.synth import SYNTH_VERSION
-from zscir_cli.jobs.backbones import open_backbone
+from zscir_cli.jobs.backbones import backbone_spec, open_backbone
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.shapes import prepare_shapes
 from zscir_cli.jobs.datasets.store import load_split, resolve_gallery
@@ -17,14 +17,14 @@ from zscir_cli.jobs.protocols.results import Evaluation, evaluate
 from zscir_cli.jobs.protocols.suites import shapes_suite
 from zscir_cli.jobs.retrieval.indexing import index_gallery
 from zscir_cli.jobs.retrieval.methods import BASELINES, MethodChoice, load_method
-from zscir_cli.jobs.backbones import backbone_spec
-from zscir_cli.jobs.training.pretrain import pretrain
 from zscir_cli.jobs.retrieval.query import QueryResult, load_index, run_query, write_html
 from zscir_cli.jobs.retrieval.references import ID, ReferenceArg, resolve
+from zscir_cli.jobs.training.pretrain import pretrain
 from zscir_cli.jobs.training.stage1 import map_train
 from zscir_cli.jobs.training.stage2 import compose_train
 from zscir_cli.jobs.training.synth import caption_embedder, corpus_from_dataset, synthesise
 from zscir_cli.jobs.training.triplet_files import write_triplets
+
 
 @dataclass
 class DemoResult:

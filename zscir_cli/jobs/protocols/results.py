@@ -9,11 +9,11 @@ from typing import Any
 
 from zscir_cli.eval.metrics import map_at_k, recall_at_k
 from zscir_cli.jobs.context import Context
-from zscir_cli.jobs.protocols.worst import Scored, WorstQueries
 from zscir_cli.jobs.protocols.predictions import Rankings, as_rows, aspect_map10, check_scorable, metrics_for
 from zscir_cli.jobs.protocols.ranking import rank_split
 from zscir_cli.jobs.protocols.suites import SHAPES_PROTOCOL, Suite
 from zscir_cli.jobs.protocols.trees import PROTOCOLS
+from zscir_cli.jobs.protocols.worst import Scored, WorstQueries
 from zscir_cli.jobs.retrieval.methods import MethodChoice, describe, load_method
 from zscir_cli.model.backbone import Backbone
 

@@ -18,15 +18,15 @@ import numpy as np
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.data import shapes
-from zscir_cli.data.public_trees import BenchQuery
 from zscir_cli.data.galleries import Gallery
 from zscir_cli.data.images import load_rgb
+from zscir_cli.data.public_trees import BenchQuery
+from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.datasets.store import find_dataset, load_split, resolve_gallery
 from zscir_cli.jobs.protocols.predictions import (
     check_scorable,
 )
 from zscir_cli.jobs.protocols.trees import PROTOCOLS, PreparedSplit, open_split
-from zscir_cli.jobs.context import Context
-from zscir_cli.jobs.datasets.store import find_dataset, load_split, resolve_gallery
 
 SHAPES_PROTOCOL = ("shapes-cir-v1: reference removed from the ranking; ground truth = gallery scenes "
                    "equal to the target up to position; R@K = any ground truth in the top K; "

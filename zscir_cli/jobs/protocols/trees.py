@@ -14,8 +14,8 @@ from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.public_trees import LOADERS, SOURCES, SPLITS, BenchQuery, present_splits, split_files, tree_hint
 from zscir_cli.jobs.context import Context
-from zscir_cli.jobs.protocols.config import BenchmarkRequest
 from zscir_cli.jobs.datasets.store import find_dataset
+from zscir_cli.jobs.protocols.config import BenchmarkRequest
 
 KIND = "dataset"
 MAX_LISTED = 20

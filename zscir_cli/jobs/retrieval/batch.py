@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from zscir_cli.core.errors import UserError
-from zscir_cli.jobs.context import Context
-from zscir_cli.jobs.retrieval.methods import QueryMethod
 from zscir_cli.jobs.backbones import open_backbone
+from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.config import QueryRequest
-from zscir_cli.jobs.retrieval.methods import check_method, load_method
+from zscir_cli.jobs.retrieval.methods import QueryMethod, check_method, load_method
 from zscir_cli.jobs.retrieval.query import (
     LoadedIndex,
     check_query_text,

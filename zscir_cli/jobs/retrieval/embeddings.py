@@ -29,10 +29,10 @@ from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import files_digest
 from zscir_cli.index import search
 from zscir_cli.index.ann import FLAT, IndexSpec
-from zscir_cli.model.backbone import Backbone
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.encodings import INDEX, index_config
 from zscir_cli.jobs.retrieval.indexing import IndexResult, index_spec
+from zscir_cli.model.backbone import Backbone
 
 IMG_DIR, META_DIR = "img_emb", "metadata"
 ID_COLUMNS = ("id", "image_path", "url", "key", "__key__")  # the first one present names the rows

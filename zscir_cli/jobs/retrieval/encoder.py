@@ -21,9 +21,9 @@ from zscir_cli.core import faults
 from zscir_cli.core.device import autocast
 from zscir_cli.data.galleries import Gallery, image_digest
 from zscir_cli.data.images import load_rgb
+from zscir_cli.jobs.context import Context
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.model.visual import encode_with_tokens
-from zscir_cli.jobs.context import Context
 
 
 class ImageRows(Dataset):

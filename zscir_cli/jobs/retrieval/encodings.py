@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from zscir_cli.core.cache import Artifact, Pending
 from zscir_cli.core.arrays import NpyAppender
+from zscir_cli.core.cache import Artifact, Pending
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import Gallery
 from zscir_cli.index import search
 from zscir_cli.index.ann import FLAT, IndexSpec
-from zscir_cli.model.backbone import Backbone
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.encoder import RunStats, run_encoder
+from zscir_cli.model.backbone import Backbone
 
 INDEX = "index"
 FEATURES = "features"

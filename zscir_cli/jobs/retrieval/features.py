@@ -17,10 +17,10 @@ import torch
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.device import autocast
 from zscir_cli.data.galleries import Gallery
-from zscir_cli.model.backbone import Backbone
-from zscir_cli.model.visual import encode_with_tokens
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.encodings import FEATURES, encode_once
+from zscir_cli.model.backbone import Backbone
+from zscir_cli.model.visual import encode_with_tokens
 
 KIND = FEATURES
 TEXT_KIND = "text-features"

@@ -19,16 +19,16 @@ from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import Gallery
 from zscir_cli.index import ann, search
 from zscir_cli.index.ann import IndexSpec
-from zscir_cli.model.backbone import Backbone, ModelSpec
 from zscir_cli.jobs.context import Context
-from zscir_cli.jobs.retrieval.encodings import DIGESTS
-from zscir_cli.jobs.retrieval.encodings import INDEX as KIND
 from zscir_cli.jobs.retrieval.encodings import (
+    DIGESTS,
     describe_source,
     encode_once,
     index_config,
     index_description,
 )
+from zscir_cli.jobs.retrieval.encodings import INDEX as KIND
+from zscir_cli.model.backbone import Backbone, ModelSpec
 
 __all__ = ["KIND", "IndexResult", "describe_source", "find_index", "index_gallery", "index_spec"]
 

@@ -22,12 +22,12 @@ import torch
 
 from zscir_cli.core.cache import Artifact
 from zscir_cli.core.errors import UserError
+from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.runs import find_stage1, find_stage2, load_mapper, load_stage2
 from zscir_cli.model.adapters import ComposingAdapters
 from zscir_cli.model.backbone import Backbone
 from zscir_cli.model.mapping import COMPOSE_PROMPT, Mapper, compose_tokens
 from zscir_cli.model.text import TextEncoder
-from zscir_cli.jobs.context import Context
-from zscir_cli.jobs.runs import find_stage1, find_stage2, load_mapper, load_stage2
 
 BASELINES = ("image", "text", "sum")
 TRAINED = ("pic2word", "stage1", "tscir")

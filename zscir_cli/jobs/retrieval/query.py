@@ -11,22 +11,22 @@ from typing import Any
 import numpy as np
 
 from zscir_cli.core.cache import Artifact
-from zscir_cli.core.errors import UserError
 from zscir_cli.core.durable import write_atomically
+from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import Gallery, image_digest
 from zscir_cli.index import search
-from zscir_cli.model.backbone import ModelSpec, identity_label
 from zscir_cli.jobs.backbones import open_backbone, resolve_spec, spec_for_identity
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import gallery_from_source
+from zscir_cli.jobs.pages import figure, score_labels, write_page
+from zscir_cli.jobs.retrieval.config import QueryRequest
+from zscir_cli.jobs.retrieval.encodings import DIGESTS
 from zscir_cli.jobs.retrieval.features import encode_images_with_tokens
 from zscir_cli.jobs.retrieval.indexing import KIND as INDEX_KIND
 from zscir_cli.jobs.retrieval.indexing import find_index
-from zscir_cli.jobs.retrieval.config import QueryRequest
 from zscir_cli.jobs.retrieval.methods import QueryMethod, check_method, load_method
-from zscir_cli.jobs.retrieval.encodings import DIGESTS
 from zscir_cli.jobs.retrieval.references import ID, Reference, reference_arg, resolve
-from zscir_cli.jobs.pages import figure, score_labels, write_page
+from zscir_cli.model.backbone import ModelSpec, identity_label
 
 
 @dataclass

@@ -22,7 +22,6 @@ from PIL import UnidentifiedImageError
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.pixels import ImageTooLarge, max_image_pixels
-from zscir_cli.model.backbone import Backbone
 from zscir_cli.jobs.backbones import open_backbone
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.indexing import find_index
@@ -36,6 +35,7 @@ from zscir_cli.jobs.retrieval.query import (
     spec_of_index,
 )
 from zscir_cli.jobs.retrieval.references import ID, Reference, ReferenceArg, resolve, upload_arg
+from zscir_cli.model.backbone import Backbone
 
 DEFAULT_METHODS = ("tscir", "stage1", "pic2word", "sum")  # the first one served is the default
 THUMB_SIZES = (16, 1024)  # smallest and largest ?size= of a thumbnail

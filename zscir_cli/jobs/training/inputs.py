@@ -8,12 +8,12 @@ import torch
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import Gallery
-from zscir_cli.model.backbone import Backbone
-from zscir_cli.model.visual import tower_kind
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.distributed import Dist
 from zscir_cli.jobs.retrieval.features import FeatureSet, cached_features
 from zscir_cli.jobs.retrieval.sharded_features import sharded_features
+from zscir_cli.model.backbone import Backbone
+from zscir_cli.model.visual import tower_kind
 
 
 def shared_features(ctx: Context, backbone: Backbone, gallery: Gallery, d: Dist, grid: int,

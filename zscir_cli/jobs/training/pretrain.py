@@ -28,13 +28,6 @@ from zscir_cli.core.device import autocast, resolve_device, seed_everything
 from zscir_cli.core.errors import UserError
 from zscir_cli.core.progress import NULL_REPORTER
 from zscir_cli.data import shapes
-from zscir_cli.model.backbone import (
-    ModelSpec,
-    check_spec,
-    load_backbone,
-    model_config,
-    register_configs,
-)
 from zscir_cli.jobs.backbones import CONFIG, KIND, WEIGHTS, user_errors
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import find_dataset
@@ -42,6 +35,13 @@ from zscir_cli.jobs.distributed import Dist, device_for, gather, init_distribute
 from zscir_cli.jobs.training.clip_check import evaluate_backbone
 from zscir_cli.jobs.training.config import PretrainConfig
 from zscir_cli.jobs.training.loop import TrainSpec, partial_path, train
+from zscir_cli.model.backbone import (
+    ModelSpec,
+    check_spec,
+    load_backbone,
+    model_config,
+    register_configs,
+)
 
 OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)

@@ -15,19 +15,19 @@ from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import DatasetGallery
 from zscir_cli.eval.metrics import recall_at_k
 from zscir_cli.index.search import rank
-from zscir_cli.model.backbone import Backbone, ModelSpec
-from zscir_cli.model.losses import info_nce, soft_text_alignment
-from zscir_cli.model.mapping import PROMPT, Mapper, MappingConfig
-from zscir_cli.model.text import TextEncoder, placeholder_token_id
 from zscir_cli.jobs.backbones import open_backbone, resolve_spec, text_encoder
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import find_dataset, load_split
 from zscir_cli.jobs.distributed import Dist, gather, start_run, world_size
 from zscir_cli.jobs.retrieval.features import FeatureSet
 from zscir_cli.jobs.runs import STAGE1
-from zscir_cli.jobs.training.inputs import rows, shared_features
 from zscir_cli.jobs.training.config import Stage1Config
+from zscir_cli.jobs.training.inputs import rows, shared_features
 from zscir_cli.jobs.training.loop import TrainSpec, existing_run, train
+from zscir_cli.model.backbone import Backbone, ModelSpec
+from zscir_cli.model.losses import info_nce, soft_text_alignment
+from zscir_cli.model.mapping import PROMPT, Mapper, MappingConfig
+from zscir_cli.model.text import TextEncoder, placeholder_token_id
 
 KIND = STAGE1
 

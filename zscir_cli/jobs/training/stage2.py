@@ -18,15 +18,10 @@ from torch import nn
 
 from zscir_cli.core.cache import Artifact, identity
 from zscir_cli.core.device import autocast, seed_everything
-from zscir_cli.core.errors import UserError
 from zscir_cli.core.digests import file_sha256
+from zscir_cli.core.errors import UserError
 from zscir_cli.data.galleries import DatasetGallery, FilesGallery, Gallery
 from zscir_cli.data.synth import normalise
-from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
-from zscir_cli.model.backbone import Backbone, ModelSpec
-from zscir_cli.model.losses import candidate_logits, info_nce
-from zscir_cli.model.mapping import PROMPT, Mapper, compose_tokens
-from zscir_cli.model.text import TextEncoder
 from zscir_cli.jobs.backbones import open_backbone, resolve_spec, text_encoder
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import load_split
@@ -34,11 +29,16 @@ from zscir_cli.jobs.distributed import Dist, gather, start_run, world_size
 from zscir_cli.jobs.retrieval.features import FeatureSet
 from zscir_cli.jobs.runs import STAGE2, find_stage1, load_mapper
 from zscir_cli.jobs.training.composing import HardNegativeMiner, TripletData
-from zscir_cli.jobs.training.validation import ShapesValidation
-from zscir_cli.jobs.training.inputs import shared_features
-from zscir_cli.jobs.training.triplet_files import TripletFile, read_triplets
 from zscir_cli.jobs.training.config import Stage2Config
+from zscir_cli.jobs.training.inputs import shared_features
 from zscir_cli.jobs.training.loop import TrainSpec, existing_run, train
+from zscir_cli.jobs.training.triplet_files import TripletFile, read_triplets
+from zscir_cli.jobs.training.validation import ShapesValidation
+from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
+from zscir_cli.model.backbone import Backbone, ModelSpec
+from zscir_cli.model.losses import candidate_logits, info_nce
+from zscir_cli.model.mapping import PROMPT, Mapper, compose_tokens
+from zscir_cli.model.text import TextEncoder
 
 KIND = STAGE2
 

@@ -12,16 +12,15 @@ import torch
 from zscir_cli.core.errors import UserError
 from zscir_cli.data import shapes
 from zscir_cli.data.captions import read_captions
-from zscir_cli.data.shapes.triplets import scene_triplets
 from zscir_cli.data.paths import OUTSIDE_HINT, inside
+from zscir_cli.data.shapes.triplets import scene_triplets
 from zscir_cli.data.synth import MATCHES, SynthReport, template_triplets
 from zscir_cli.jobs.backbones import open_backbone, resolve_spec
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.datasets.store import find_dataset, load_split
 from zscir_cli.jobs.training.config import SynthRequest
 from zscir_cli.jobs.training.triplet_files import write_triplets
 from zscir_cli.model.backbone import Backbone
-from zscir_cli.jobs.datasets.store import find_dataset, load_split
-
 
 
 @dataclass

@@ -26,7 +26,6 @@ from zscir_cli.core.errors import UserError
 from zscir_cli.data.paths import OUTSIDE_HINT, inside
 from zscir_cli.data.synth import SynthReport
 
-
 REQUIRED = ("reference", "target", "modification")
 log = logging.getLogger("zscir.synth")
 
