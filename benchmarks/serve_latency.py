@@ -89,10 +89,10 @@ def rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024
 
 
-def start_server(cache: Path, key: str, log: Path) -> tuple[subprocess.Popen, int]:
+def start_server(cache: Path, key: str, log: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
     with open(log, "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "zscir_cli", "serve", "--index", key, "--port", "0",
-                                 "--host", "127.0.0.1", "--cache-dir", str(cache), "--device", "cpu"],
+                                 "--host", "127.0.0.1", "--cache-dir", str(cache), "--device", "cpu", *(extra or [])],
                                 stdout=subprocess.DEVNULL, stderr=stderr)
     end = time.time() + 300
     while time.time() < end:
@@ -118,13 +118,14 @@ class InProcess:
         self.method, self.loaded = self.svc.methods[method], self.svc.indexes[key]
 
     def query(self, ref: str, text: str, image: bytes | None) -> float:
-        from zscir_cli.data.images import load_rgb
         from zscir_cli.jobs.retrieval.query import run_query
+        from zscir_cli.jobs.retrieval.references import ID, ReferenceArg, resolve, upload_arg
 
         start = time.perf_counter()
-        img = load_rgb(image) if image is not None else None  # the service decodes the upload too
-        run_query(self.svc.ctx, self.method, self.loaded.artifact, "ref.png" if image is not None else ref, text,
-                  k=10, reference_image=img, loaded=self.loaded, reference_bytes=image)
+        arg = upload_arg(image, "ref.png") if image is not None else ReferenceArg(ID, ref)
+        reference = resolve(arg, self.loaded)
+        reference.image()  # the service decodes an upload before it ranks, too
+        run_query(self.svc.ctx, self.method, self.loaded, reference, text, k=10)
         return time.perf_counter() - start
 
 
@@ -169,12 +170,22 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--per-client", type=int, default=25, help="requests per concurrent client")
     ap.add_argument("--seconds", type=float, default=120, help="time bound of the concurrent run")
+    ap.add_argument("--cotenant", action="store_true",
+                    help="instead: the service quiet and beside 1 and 2 busy torch processes (cotenant.py)")
+    ap.add_argument("--rounds", type=int, default=3, help="--cotenant: rounds of each scenario")
+    ap.add_argument("--compare", action="store_true",
+                    help="--cotenant: also the threading of earlier versions (--threads 0 --wait-policy active)")
     args = ap.parse_args()
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         key, method, queries = build_world(cache, args.model, args.pretrained)
+        if args.cotenant:
+            from cotenant import run as cotenant
+
+            cotenant(cache, key, method, queries, args.rounds, args.compare, Path(tmp))
+            return
         from zscir_cli.core.cache import ArtifactStore
         from zscir_cli.jobs.context import Context
         from zscir_cli.jobs.retrieval.query import load_index

@@ -113,6 +113,34 @@ def test_webdataset_truncated_shard_and_missing_shard(cli, cache, tmp_path):
     assert code == 2 and "2 of the 5 shard(s)" in err and "00003.tar" in err
 
 
+@pytest.mark.parametrize("where", ["data", "header", "after a member", "gzip"])
+def test_a_shard_cut_anywhere_is_named_with_its_member(cli, cache, tmp_path, where):
+    """A tar read as a stream ends quietly where the bytes end: every cut must be said."""
+    import gzip
+
+    write_shards(tmp_path / "shards", shards=1, corrupt=None, uncaptioned=None)
+    shard = tmp_path / "shards" / "00000.tar"
+    raw = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    last = members[-4]  # the fifth sample's image: the sixth follows
+    cuts = {"data": last.offset_data + 100, "header": last.offset + 100, "after a member": last.offset}
+    if where == "gzip":
+        shard.unlink()
+        shard = shard.with_suffix(".tar.gz")
+        packed = gzip.compress(raw)
+        shard.write_bytes(packed[:len(packed) * 2 // 3])
+    else:
+        shard.write_bytes(raw[:cuts[where]])
+    code, _, err = cli("prepare", "webdataset", tmp_path / "shards", "--cache-dir", cache)
+    said = " ".join(err.split())
+    assert code == 2 and f"Shard {shard} cannot be read to its end" in said and "member" in said
+    code, out, err = cli("prepare", "webdataset", tmp_path / "shards", "--skip-bad", "--json", "--cache-dir", cache)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["broken_shards"] == 1 and info["images"] < 6  # the samples before the cut, counted apart
+
+
 def write_csv(root: Path, sep: str = "\t", name: str = "train.tsv") -> Path:
     import csv
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.core.text import ENCODING
 
 IMAGE_KEYS = ("image", "file_name")
 CAPTION_KEYS = ("caption", "text")
@@ -49,7 +50,7 @@ def read_captions(path: str | Path, *, require_caption: bool = True) -> list[Cap
     except IsADirectoryError:
         raise UserError(f"{path} is a folder, not a captions file.", f"Give a file: {FORMAT_HELP}.") from None
     try:
-        text = raw.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of the header
+        text = raw.decode(ENCODING)  # a spreadsheet's byte-order mark is not part of the header
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}).", "Save it as UTF-8.") from e
     kind = _kind(path, text)

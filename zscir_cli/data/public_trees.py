@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.core.text import read_text
 
 FIQ_CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = {"fashioniq": ("val", "test"), "cirr": ("val", "test1"), "circo": ("val", "test")}
@@ -71,7 +72,7 @@ class BenchSplit:
 def _json(path: Path, kind: type = list) -> Any:
     """An annotation file's top-level JSON value, which must be a `kind` (list or dict)."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}).",
                         "Download that annotation file again.") from e

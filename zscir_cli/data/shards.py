@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import UnidentifiedImageError
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.core.text import ENCODING
 from zscir_cli.data.pixels import open_limited
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -62,12 +63,16 @@ class Sample:
 
 def iter_tar(path: Path, name: str) -> Iterator[Sample]:
     """The samples of one tar shard in member order; `name` prefixes the ids. A shard that
-    cannot be read to its end raises ShardError after the samples before the damage."""
+    cannot be read to its end raises ShardError after the samples before the damage, naming the
+    member: a member cut short, or an archive without its end (tarfile's stream reader would
+    stop there without a word)."""
     group: dict[str, bytes] = {}
     key: str | None = None
+    last = "its first member"
     try:
         with tarfile.open(path, mode="r|*") as tar:  # a stream: members are read once, in order
             for member in tar:
+                last = member.name
                 if not member.isfile():
                     continue
                 m = _KEY.match(member.name)
@@ -80,10 +85,21 @@ def iter_tar(path: Path, name: str) -> Iterator[Sample]:
                 key = k
                 f = tar.extractfile(member)
                 group[ext] = f.read() if f is not None else b""
+                if len(group[ext]) != member.size:
+                    raise ShardError(path, f"member {member.name} is cut off ({len(group[ext])} of {member.size} bytes)")
+            _check_end(path, tar, last)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise ShardError(path, f"{type(e).__name__}: {e}".splitlines()[0][:200]) from e
+        raise ShardError(path, f"after member {last}: {type(e).__name__}: {e}".splitlines()[0][:200]) from e
     if key is not None:
         yield _sample(path, name, key, group)
+
+
+def _check_end(path: Path, tar: tarfile.TarFile, last: str) -> None:
+    """An uncompressed archive ends with two zero blocks after its last member: one that stops
+    before them was cut off (a compressed one says so itself, through its decompressor)."""
+    if tar.fileobj is not None and getattr(tar.fileobj, "cmp", None) is None and \
+            getattr(tar.fileobj, "comptype", "tar") == "tar" and path.stat().st_size < tar.offset + 2 * tarfile.BLOCKSIZE:
+        raise ShardError(path, f"it ends after member {last}, without the end of the archive (cut off?)")
 
 
 class ShardError(Exception):
@@ -137,7 +153,7 @@ def iter_csv(path: Path, image_column: str, caption_column: str | None, separato
     """(line, image path as written, caption or None when empty) for every data row."""
     shown = {"\t": "tab", ",": "comma"}.get(separator, repr(separator))
     try:
-        f = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed below, rows stream
+        f = open(path, newline="", encoding=ENCODING)  # noqa: SIM115 - closed below, rows stream
     except OSError as e:
         raise UserError(f"Cannot read {path} ({e.strerror}).", "Check the path.") from e
     with f:
@@ -165,3 +181,6 @@ def iter_csv(path: Path, image_column: str, caption_column: str | None, separato
         except csv.Error as e:
             raise UserError(f"{path}:{reader.line_num}: not valid {shown}-separated text ({e}).",
                             "Fix that line.") from e
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text after line {reader.line_num} (byte {e.start} of a block).",
+                            "Save it as UTF-8.") from None

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.core.text import read_text
 from zscir_cli.data.public_trees import FIQ_CATEGORIES, SPLITS
 from zscir_cli.eval.metrics import map_at_k, recall_at_k
 from zscir_cli.jobs.context import Context
@@ -124,7 +125,7 @@ def read_predictions(data: PreparedSplit, files: list[Path]) -> Rankings:
     for path in files:
         path = Path(path)
         try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+            obj = json.loads(read_text(path))
         except FileNotFoundError as e:
             raise UserError(f"Prediction file not found: {path}.", "Check the path.") from e
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.core.text import read_text
 from zscir_cli.data import shapes
 from zscir_cli.data.galleries import Gallery
 from zscir_cli.data.images import load_rgb
@@ -141,7 +142,7 @@ def read_texts(path: Path) -> dict[str, str]:
     """query id -> modification text, from a JSONL file of {"query_id", "modification"} objects."""
     texts: dict[str, str] = {}
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = read_text(path).splitlines()
     except OSError as e:
         raise UserError(f"Cannot read {path} ({e.strerror or e}).", "Check the path.") from None
     for n, line in enumerate(lines, 1):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from zscir_cli.core.errors import UserError
+from zscir_cli.core.text import read_text
 from zscir_cli.jobs.backbones import open_backbone
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.config import QueryRequest
@@ -52,10 +53,7 @@ def read_queries(path: Path, ids: Container[str], index_key: str, method: str,
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"Queries file not found: {path}.", "Check the path.")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text.", EXPECTED) from None
+    lines = read_text(path).splitlines()
     queries = [parse_line(path, n, raw, ids, index_key, method, default_k)
                for n, raw in enumerate(lines, 1) if raw.strip()]
     if not queries:

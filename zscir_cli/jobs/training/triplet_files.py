@@ -23,6 +23,7 @@ from typing import Any
 
 from zscir_cli.core.durable import write_atomically
 from zscir_cli.core.errors import UserError
+from zscir_cli.core.text import read_text
 from zscir_cli.data.paths import OUTSIDE_HINT, inside
 from zscir_cli.data.synth import SynthReport
 
@@ -77,7 +78,7 @@ def read_triplets(path: Path, skip_bad: bool = False, *, allow_outside: bool = F
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"Triplet file not found: {path}.", "Write one with 'zscir synth --out FILE'.")
-    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+    lines = [(n, line) for n, line in enumerate(read_text(path).splitlines(), start=1)
              if line.strip()]
     parsed = [(n, _parse_line(path, n, line)) for n, line in lines]
     keys = {row.get("dataset") for _, row in parsed}
