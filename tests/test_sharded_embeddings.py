@@ -92,6 +92,11 @@ def test_rows_that_are_not_unit_length_are_normalised(cli, cache, tmp_path):
     ("empty", "has no img_emb/img_emb_N.npy files"),
     ("orphan-metadata", "metadata_2.parquet has no embeddings file"),
     ("not-2d", "not (rows, dimension) float embeddings"),
+    ("nan", "img_emb_1.npy: row 2 (id '/data/images/01/00002.jpg') holds a value that is not a finite number"),
+    ("inf", "img_emb_0.npy: row 0 (id '/data/images/00/00000.jpg') holds a value that is not a finite number"),
+    ("zero", "img_emb_1.npy: row 3 (id '/data/images/01/00003.jpg') is all zeros"),
+    ("id-in-part", "metadata_0.parquet: row 2 has id 'same', as row 1 of"),
+    ("id-across", "metadata_1.parquet: row 0 has id '/data/images/00/00003.jpg', as row 3 of"),
 ])
 def test_bad_parts_exit_2_naming_the_file(cli, cache, tmp_path, damage, message):
     root = tmp_path / "emb"
@@ -109,6 +114,17 @@ def test_bad_parts_exit_2_naming_the_file(cli, cache, tmp_path, damage, message)
         pq.write_table(pa.table({"image_path": ["a"]}), root / "metadata" / "metadata_2.parquet")
     elif damage == "not-2d":
         np.save(root / "img_emb" / "img_emb_1.npy", np.zeros((4,), np.float16))
+    elif damage in ("nan", "inf", "zero"):
+        part, row, value = {"nan": (1, 2, np.nan), "inf": (0, 0, np.inf), "zero": (1, 3, 0.0)}[damage]
+        x = np.load(root / "img_emb" / f"img_emb_{part}.npy")
+        x[row, :] = 0.0 if damage == "zero" else x[row, :]
+        x[row, 3] = value
+        np.save(root / "img_emb" / f"img_emb_{part}.npy", x)
+    elif damage == "id-in-part":
+        pq.write_table(pa.table({"image_path": ["a", "same", "same", "d"]}), root / "metadata" / "metadata_0.parquet")
+    elif damage == "id-across":
+        pq.write_table(pa.table({"image_path": ["/data/images/00/00003.jpg", "x", "y", "z"]}),
+                       root / "metadata" / "metadata_1.parquet")
     code, out, err = cli("index", "--embeddings", root, *MODEL, "--cache-dir", cache)
     assert code == 2, err
     assert message in " ".join(err.split()), err

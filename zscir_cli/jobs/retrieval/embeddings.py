@@ -148,12 +148,36 @@ def read_ids(part: Part) -> list[str]:
     return [str(v) for v in pq.read_table(part.metadata, columns=[column]).column(column).to_pylist()]
 
 
-def iter_rows(parts: list[Part]) -> Iterator[np.ndarray]:
-    """The embeddings of every part in order, CHUNK rows at a time, as float32."""
+def iter_rows(parts: list[Part]) -> Iterator[tuple[Part, int, np.ndarray]]:
+    """(part, first row, rows) of every part in order, CHUNK rows at a time, as float32."""
     for part in parts:
         arr = np.load(part.embeddings, mmap_mode="r")
         for s in range(0, part.rows, CHUNK):
-            yield np.asarray(arr[s:s + CHUNK], dtype=np.float32)
+            yield part, s, np.asarray(arr[s:s + CHUNK], dtype=np.float32)
+
+
+def check_ids(parts: list[Part], ids: list[str]) -> None:
+    """Every row's id is its own: one that repeats (within a part or across parts) would make two
+    rows one image to every query and every page. A user error names both places."""
+    first: dict[str, tuple[Part, int]] = {}
+    at = [(p, r) for p in parts for r in range(p.rows)]
+    for (part, row), i in zip(at, ids):
+        if i in first:
+            was, was_row = first[i]
+            raise UserError(f"{part.metadata}: row {row} has id '{i}', as row {was_row} of {was.metadata} has.",
+                            "Give every embedding its own id (image_path or id column).")
+        first[i] = (part, row)
+
+
+def check_rows(part: Part, start: int, x: np.ndarray, ids: list[str], offset: int) -> None:
+    """A row that holds a value that is not a finite number, or is all zeros, ranks nothing: a user
+    error naming the file, the row and its id (`offset`: the part's first row among `ids`)."""
+    bad = ~np.isfinite(x).all(axis=1) | ~(np.abs(x) > 0).any(axis=1)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        what = "holds a value that is not a finite number" if not np.isfinite(x[r]).all() else "is all zeros"
+        raise UserError(f"{part.embeddings}: row {start + r} (id '{ids[offset + start + r]}') {what}.",
+                        "Write the embeddings of that part again; every row must be a non-zero vector.")
 
 
 def embeddings_identity(folder: Path, parts: list[Part]) -> dict[str, Any]:
@@ -205,12 +229,16 @@ def index_from_embeddings(ctx: Context, backbone: Backbone, folder: str | Path, 
 
 def build_index(path: Path, parts: list[Part], ids: list[str], total: int, ctx: Context,
                 spec: IndexSpec = FLAT, normalise: bool = True) -> int:
-    """Stream the parts into an index of `spec` at `path`; rows whose norm is off 1 by more than
-    fp16 rounding are L2-normalised (the index ranks by inner product). Returns how many were."""
+    """Stream the parts into an index of `spec` at `path`, each row checked (`check_ids`,
+    `check_rows`: a user error, and nothing is kept); rows whose norm is off 1 by more than fp16
+    rounding are L2-normalised (the index ranks by inner product). Returns how many were."""
+    check_ids(parts, ids)
+    offsets = dict(zip((p.number for p in parts), np.cumsum([0] + [p.rows for p in parts]).tolist()))
     writer = search.IndexWriter(path, total, spec, ctx.reporter.info)
     fixed = 0
     with ctx.reporter.task(f"indexing {total} embeddings from {len(parts)} part(s)", total=total) as task:
-        for x in iter_rows(parts):
+        for part, start, x in iter_rows(parts):
+            check_rows(part, start, x, ids, offsets[part.number])
             if normalise:
                 norms = np.linalg.norm(x, axis=1, keepdims=True)
                 off = (np.abs(norms - 1.0) > 1e-2) & (norms > 0)
