@@ -97,6 +97,27 @@ def _get(row: Any, key: str, path: Path, i: int | None) -> Any:
     return row[key]
 
 
+def _text(row: Any, key: str, path: Path, i: int) -> str:
+    """A caption or image name of entry i: a string (ids may be integers), else a user error."""
+    value = _get(row, key, path, i)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{path} entry {i}: '{key}' is {json.dumps(value)[:40]}, not a non-empty string or id.",
+                        "The file is damaged or from another release; download it again.")
+    return value
+
+
+def _unique(ids: list[str], path: Path, what: str) -> None:
+    """Query ids (or image ids) are each one query (image): a repeat is a user error naming both."""
+    seen: dict[str, int] = {}
+    for i, x in enumerate(ids):
+        if x in seen:
+            raise UserError(f"{path} entries {seen[x]} and {i} have the same {what} {x}.",
+                            "The file is damaged or from another release; download it again.")
+        seen[x] = i
+    if not ids:
+        raise UserError(f"{path} holds no {what}s.", "The file is damaged; download it again.")
+
+
 def tree_hint(name: str, first: str) -> str:
     """`first` (what to do), then the expected tree on lines of its own: the tree comes last, so
     that no sentence is printed after its last line."""
@@ -148,9 +169,16 @@ def load_fashioniq(root: Path, split: str) -> BenchSplit:
         galleries[cat] = list(_json(root / f"image_splits/split.{cat}.{split}.json"))
         names.update(galleries[cat])
         cap_file = root / f"captions/cap.{cat}.{split}.json"
-        for i, row in enumerate(_json(cap_file)):
-            candidate = _get(row, "candidate", cap_file, i)
-            caps = [_clean_caption(str(c)) for c in _get(row, "captions", cap_file, i)]
+        rows = _json(cap_file)
+        if not rows:
+            raise UserError(f"{cap_file} holds no queries.", "The file is damaged; download it again.")
+        for i, row in enumerate(rows):
+            candidate = str(_text(row, "candidate", cap_file, i))
+            caps = _get(row, "captions", cap_file, i)
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                raise UserError(f"{cap_file} entry {i}: 'captions' must be a list of strings.",
+                                "The file is damaged; download it again.")
+            caps = [_clean_caption(c) for c in caps]
             if len(caps) != 2:
                 raise UserError(f"captions/cap.{cat}.{split}.json entry {i}: expected 2 captions, got {len(caps)}.",
                                 "The file is damaged; download it again.")
@@ -181,10 +209,11 @@ def load_cirr(root: Path, split: str) -> BenchSplit:
     queries = []
     cap_file = root / f"cirr/captions/cap.rc2.{split}.json"
     for i, row in enumerate(_json(cap_file)):
-        pairid, ref, caption = (_get(row, k, cap_file, i) for k in ("pairid", "reference", "caption"))
+        pairid, ref, caption = (_text(row, k, cap_file, i) for k in ("pairid", "reference", "caption"))
         tgt = row.get("target_hard")
         queries.append(BenchQuery(str(pairid), ref, [caption], [tgt] if tgt else [],
                                   tgt, "", list((row.get("img_set") or {}).get("members", []))))
+    _unique([q.qid for q in queries], cap_file, "pairid")
     unknown = sorted({n for q in queries for n in [q.reference, *q.targets, *q.subset] if n not in images})
     if unknown:
         raise UserError(f"cap.rc2.{split}.json names {len(unknown)} image(s) absent from split.rc2.{split}.json, "
@@ -201,16 +230,18 @@ def load_circo(root: Path, split: str) -> BenchSplit:
     info = _json(root / info_rel, dict)
     folder = root / "COCO2017_unlabeled" / "unlabeled2017"
     listed = _get(info, "images", root / info_rel, None)
-    images = {str(_get(im, "id", root / info_rel, i)): folder / _get(im, "file_name", root / info_rel, i)
-              for i, im in enumerate(listed)}
+    image_ids = [str(_text(im, "id", root / info_rel, i)) for i, im in enumerate(listed)]
+    _unique(image_ids, root / info_rel, "image id")
+    images = {x: folder / str(_text(im, "file_name", root / info_rel, i)) for i, (x, im) in enumerate(zip(image_ids, listed))}
     queries = []
     ann = root / f"annotations/{split}.json"
     for i, row in enumerate(_json(ann)):
-        qid, ref, caption = (_get(row, k, ann, i) for k in ("id", "reference_img_id", "relative_caption"))
+        qid, ref, caption = (_text(row, k, ann, i) for k in ("id", "reference_img_id", "relative_caption"))
         gts = [str(g) for g in row.get("gt_img_ids", [])]
         tgt = row.get("target_img_id")
         queries.append(BenchQuery(str(qid), str(ref), [caption], gts,
                                   str(tgt) if tgt is not None else None, aspects=list(row.get("semantic_aspects", []))))
+    _unique([q.qid for q in queries], ann, "query id")
     unknown = sorted({n for q in queries for n in [q.reference, *q.targets] if n not in images})
     if unknown:
         raise UserError(f"annotations/{split}.json names {len(unknown)} image id(s) absent from {info_rel}, "

@@ -114,7 +114,7 @@ def _sample(path: Path, name: str, key: str, group: dict[str, bytes]) -> Sample:
     ext = next((e for e in IMAGE_EXTS if e in group), None)
     caption = None
     if "txt" in group:
-        caption = group["txt"].decode("utf-8", errors="replace").strip()
+        caption = group["txt"].decode(ENCODING, errors="replace").strip()  # a BOM is no part of it
     elif "json" in group:
         try:
             meta = json.loads(group["json"])

@@ -215,6 +215,12 @@ def load_backbone(spec: ModelSpec, *, cache_dir: Path | None = None,
         raise
     except Exception as e:  # OpenCLIP raises RuntimeError/OSError/ValueError for all of these
         raise _load_error(spec, e, offline) from e
+    if spec.normalised().pretrained is not None:  # loaded weights, of a file or a tag: every value a number
+        bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise BackboneError(f"Could not load {spec.label()}: its weights hold values that are not finite numbers "
+                                f"(NaN or infinity) in '{bad}'; the file is damaged, or was saved from a diverged run.",
+                                "bad_file", spec.weights_file or spec.pretrained)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -162,11 +162,15 @@ def prepare_webdataset(ctx: Context, req: WebdatasetRequest) -> tuple[Artifact, 
               "digest": files_digest(names, files), "skip_bad": skip_bad, "missing_caption": missing_caption}
 
     def source(tally_broken: list[dict[str, str]]) -> Iterator[Row]:
+        seen: set[str] = set()
         with ctx.reporter.task(f"reading {len(files)} shard(s)", total=len(files)) as task:
             for path, shard_name in zip(files, names):
                 try:
                     for s in shards.iter_tar(path, shard_name.removesuffix(".tar")):
                         err = shards.check_image_bytes(s.image, s.where) if s.image is not None else None
+                        if s.id in seen:  # two samples of one key in a shard: two images under one id
+                            err = "its key repeats the key of an earlier sample of the shard"
+                        seen.add(s.id)
                         yield Row(s.id, s.where, {"bytes": s.image, "path": None} if s.image is not None else None,
                                   s.caption, err)
                 except shards.ShardError as e:
@@ -207,8 +211,13 @@ def prepare_csv(ctx: Context, req: CsvRequest) -> tuple[Artifact, bool]:
 
     def source() -> Iterator[Row]:
         with ctx.reporter.task(f"reading {path.name}") as task:
+            lines: dict[str, int] = {}
             for line, value, caption in shards.iter_csv(path, image_column, caption_column, sep):
                 where = f"{path}:{line}: {value}"
+                if value in lines:
+                    raise UserError(f"{path}:{line}: image '{value}' already has a row, line {lines[value]}.",
+                                    "Keep one row per image (one caption each).")
+                lines[value] = line
                 image = inside(folder, value)
                 if image is None and not allow_outside:
                     raise UserError(f"{path}:{line}: image '{value}' lies outside the file's folder {folder}.",

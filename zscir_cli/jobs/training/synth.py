@@ -45,7 +45,7 @@ def corpus_from_file(path: Path, allow_outside: bool = False) -> Corpus:
     image must exist: a triplet is never written to an image that is not there."""
     path = Path(path).expanduser()
     folder = Path(os.path.normpath(path.parent.absolute()))
-    ids, caps, missing = [], [], []
+    ids, caps, missing, lines = [], [], [], {}
     for row in read_captions(path):
         found = inside(folder, row.image)
         if found is None and not allow_outside:
@@ -53,6 +53,10 @@ def corpus_from_file(path: Path, allow_outside: bool = False) -> Corpus:
                             f"{folder}.", OUTSIDE_HINT)
         # kept unresolved, so that a linked image folder stays inside the file's folder when written
         image = Path(os.path.normpath(path.parent.absolute() / Path(row.image).expanduser()))
+        if str(image) in lines:
+            raise UserError(f"{path}:{row.line}: '{row.image}' already has a caption on line {lines[str(image)]}.",
+                            "Keep one caption per image.")
+        lines[str(image)] = row.line
         if not image.is_file():
             missing.append(f"line {row.line}: {row.image}")
         ids.append(str(image))
