@@ -249,3 +249,19 @@ def test_circo_eval_reports_aspects(cli, prepared):
     res = json.loads(out)
     assert set(res["map@10_by_aspect"]["image"]) == {"cardinality", "statement_with_conjunction", "viewpoint"}
     assert res["excluded_queries"] == 0 and res["split"] == "val" and "a photo of $ that" in res["prompt"]
+
+
+def test_eval_without_a_model_takes_the_model_of_an_index_of_the_split_or_says_how(cli, prepared, tmp_path):
+    import shutil
+
+    fresh = tmp_path / "fresh"
+    shutil.copytree(prepared, fresh, ignore=shutil.ignore_patterns("index", "features", ".memo"))
+    code, _, err = cli("eval", "cirr", "--method", "sum", "--cache-dir", fresh)
+    assert code == 2 and "was built on a gallery of cirr" in " ".join(err.split()) and "--model" in err
+    code, out, err = cli("eval", "cirr", "--method", "sum", *TINY, "--cache-dir", fresh, "--json")  # builds its index
+    assert code == 0, err
+    code, again, err = cli("eval", "cirr", "--method", "sum", "--cache-dir", fresh, "--json")
+    assert code == 0 and "using the model of index" in err
+    assert json.loads(again)["results"] == json.loads(out)["results"] and "zscir-tiny-vit" in json.loads(again)["model"]
+    code, out, _ = cli("eval", "--help")
+    assert "--index" not in out and "the newest index built on the split's gallery" in " ".join(out.split())

@@ -313,6 +313,33 @@ def test_rm_never_removes_what_a_live_process_writes(cli, tmp_path):
     assert code == 0 and not live.exists() and list((tmp_path / ".tmp").iterdir()) == []
 
 
+def test_unfinished_sharded_builds_are_listed_and_pruned_unless_live(cli, tmp_path):
+    """The parts a stopped `index --shards`/`torchrun` build left in `.parts/` show in `cache ls`
+    with how many parts were written; `rm --incomplete` removes them, but not a build a process
+    (any rank) is working on."""
+    for key, written in (("aaaa000011112222", 2), ("bbbb000011112222", 1)):
+        folder = tmp_path / ".parts" / f"index-{key}"
+        (folder / "log").mkdir(parents=True)
+        (folder / "layout.json").write_text(json.dumps({"rows": 100, "part_rows": 32, "parts": 4}))
+        for k in range(written):
+            (folder / "log" / f"part_{k}.json").write_text("{}")
+    holder = _Holder(tmp_path, "parts-index-bbbb000011112222-1")  # rank 1 of a live build
+    try:
+        code, out, err = cli("cache", "ls", "--cache-dir", tmp_path)
+        assert code == 0, err
+        assert "unfinished build index/aaaa000011112222: 2 of 4 parts written" in out
+        assert "unfinished build index/bbbb000011112222: 1 of 4 parts written" in out and "being built now" in out
+        code, out, err = cli("cache", "rm", "--incomplete", "--yes", "--cache-dir", tmp_path)
+        assert code == 0, err
+        assert not (tmp_path / ".parts" / "index-aaaa000011112222").exists()
+        assert (tmp_path / ".parts" / "index-bbbb000011112222" / "layout.json").is_file()
+        assert "kept unfinished build index/bbbb000011112222" in err
+    finally:
+        holder.close()
+    code, out, err = cli("cache", "rm", "--incomplete", "--yes", "--cache-dir", tmp_path)
+    assert code == 0 and list((tmp_path / ".parts").iterdir()) == []
+
+
 # -- a moved cache -----------------------------------------------------------------------------------
 
 @pytest.mark.slow

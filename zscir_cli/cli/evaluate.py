@@ -9,7 +9,7 @@ import typer
 
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, out
-from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
+from zscir_cli.cli.options import CacheDir, Device, Json, Pretrained, SplitModel
 from zscir_cli.jobs.protocols.config import EvalRequest as D
 
 
@@ -25,7 +25,7 @@ def evaluate(
     html: Annotated[Path | None, typer.Option(
         "--html", help="Also write a page of the first method's worst queries, with thumbnails.",
         show_default=False)] = None,
-    model: Model = None,
+    model: SplitModel = None,
     pretrained: Pretrained = None,
     kind: Annotated[str, typer.Option(
         "--kind", help="Index kind of the galleries (see 'zscir index --kind'): flat ranks exactly, as "

@@ -15,9 +15,13 @@ Workers = Annotated[int | None, typer.Option(
     help="DataLoader workers for image decoding [default: one per spare core, at most 4].",
     show_default=False)]
 Seed = Annotated[int, typer.Option(help="Random seed: the same seed gives the same artifact.")]
-Model = Annotated[str | None, typer.Option(
-    "--model", help="OpenCLIP architecture (e.g. ViT-L-14, or zscir-shapes-rn), or an "
-                    "hf-hub:/local-dir: id [default: ViT-L-14, or the model of --index].",
+_MODEL = "OpenCLIP architecture (e.g. ViT-L-14, or zscir-shapes-rn), or an hf-hub:/local-dir: id"
+Model = Annotated[str | None, typer.Option("--model", help=f"{_MODEL} [default: ViT-L-14].", show_default=False)]
+# commands that rank an index take its model unless told otherwise
+IndexModel = Annotated[str | None, typer.Option(
+    "--model", help=f"{_MODEL} [default: the model of --index, else of the newest index].", show_default=False)]
+SplitModel = Annotated[str | None, typer.Option(
+    "--model", help=f"{_MODEL} [default: the model of the newest index built on the split's gallery].",
     show_default=False)]
 Pretrained = Annotated[str | None, typer.Option(
     "--pretrained", help="Weights: a zoo tag (openai, laion2b_s32b_b82k, ...), a local "

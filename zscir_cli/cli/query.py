@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from zscir_cli.cli.common import make_context, print_hits, print_json
-from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
+from zscir_cli.cli.options import CacheDir, Device, IndexModel, Json, Pretrained
 from zscir_cli.core.errors import UserError
 from zscir_cli.jobs.retrieval.config import QueryRequest as D
 
@@ -28,7 +28,7 @@ def query(
     index: Annotated[str | None, typer.Option(
         "--index", help="Index key (from 'zscir index' or 'zscir cache ls') [default: the newest "
                         "index built with the model].", show_default=False)] = None,
-    model: Model = None,
+    model: IndexModel = None,
     pretrained: Pretrained = None,
     html: Annotated[Path | None, typer.Option(
         "--html", help="Also write a self-contained HTML page with thumbnails.")] = None,

@@ -9,7 +9,7 @@ import typer
 
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import out, warn
-from zscir_cli.cli.options import CacheDir, Device, Json, Model, Pretrained
+from zscir_cli.cli.options import CacheDir, Device, Json, Pretrained, SplitModel
 from zscir_cli.jobs.protocols.config import ScoreRequest, SubmitRequest
 
 
@@ -19,7 +19,7 @@ def submit(
     method: Annotated[str, typer.Option(help="Method, as in query.")] = SubmitRequest.method,
     run: Annotated[str | None, typer.Option(help="Trained run [default: the newest].", show_default=False)] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the files.")] = Path(SubmitRequest.out),
-    model: Model = None,
+    model: SplitModel = None,
     pretrained: Pretrained = None,
     device: Device = "auto",
     cache_dir: CacheDir = None,

@@ -41,14 +41,15 @@ def bind(host: str, port: int) -> socket.socket:
     sock.set_inheritable(True)
     return sock
 
+
 def run(ctx: Context, req: ServeRequest, sock: socket.socket, log: Callable[[str], None]) -> None:
     """Serve `req` on `sock` (bound with `bind`) until Ctrl-C; `log` takes the notices and one
     line per request."""
     late = threads.prepare(req.threads)
     import uvicorn  # heavy: torch, faiss and the web stack, after the threads are prepared
 
-    from zscir_cli.jobs.service.service import Limits, load_service
-    from zscir_cli.web.app import create_app
+    from zscir_cli.jobs.service.service import Limits, load_service  # heavy: torch and faiss
+    from zscir_cli.web.app import create_app  # heavy: fastapi
 
     if late:
         log(f"{' and '.join(late)} started before the service's threads were set: OMP_WAIT_POLICY and "

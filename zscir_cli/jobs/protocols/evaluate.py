@@ -8,14 +8,16 @@ from pathlib import Path
 
 from zscir_cli.core.errors import UserError
 from zscir_cli.core.outputs import check_output
-from zscir_cli.jobs.backbones import open_backbone, resolve_spec
+from zscir_cli.jobs.backbones import open_backbone, resolve_spec, spec_for_identity
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import find_dataset
 from zscir_cli.jobs.protocols.config import EvalRequest
 from zscir_cli.jobs.protocols.results import Evaluation, evaluate
 from zscir_cli.jobs.protocols.suites import open_suite, read_texts, shapes_suite
 from zscir_cli.jobs.protocols.trees import PROTOCOLS
+from zscir_cli.jobs.retrieval.indexing import index_of_dataset
 from zscir_cli.jobs.retrieval.methods import TRAINED, MethodChoice, available_methods, check_method
+from zscir_cli.model.backbone import ModelSpec, identity_label
 
 WORDINGS = ("train", "val", "test")
 
@@ -41,7 +43,7 @@ def evaluate_request(ctx: Context, req: EvalRequest) -> Evaluation:
         raise UserError(f"Unknown --wording '{req.wording}'.", "Use train, val or test.")
     suite = open_suite(ctx, name, req.split) if benchmark else \
         shapes_suite(ctx, name, req.split, req.wording, read_texts(Path(req.texts)) if req.texts is not None else None)
-    backbone = open_backbone(ctx, resolve_spec(ctx, req.model, req.pretrained))
+    backbone = open_backbone(ctx, split_model(ctx, suite.dataset_key, name, req.model, req.pretrained))
     methods = list(req.methods) or available_methods(ctx, backbone)
     res, worst = evaluate(ctx, backbone, suite, [MethodChoice(m, req.run if m in TRAINED else None) for m in methods],
                           req.kind, req.target_caption)
@@ -49,3 +51,17 @@ def evaluate_request(ctx: Context, req: EvalRequest) -> Evaluation:
         worst.write(html, f"zscir eval {name} {req.split}: the worst queries of {worst.method} ({res.model})")
         ctx.reporter.info(f"wrote {html}")
     return res
+
+
+def split_model(ctx: Context, dataset_key: str, name: str, model: str | None, pretrained: str | None) -> ModelSpec:
+    """--model/--pretrained as given; without them, the model of the newest index built on a
+    gallery of this data set (as `zscir query` takes the newest index's), else a user error
+    saying how to name one."""
+    if model is not None or pretrained is not None:
+        return resolve_spec(ctx, model, pretrained)
+    index = index_of_dataset(ctx, dataset_key)
+    if index is None:
+        raise UserError(f"No index in {ctx.store.root} was built on a gallery of {name}, so no model is implied.",
+                        "Name it: --model ViT-L-14 --pretrained openai, say (zscir-shapes-rn for the shapes world).")
+    ctx.reporter.info(f"using the model of index {index.key}: {identity_label(index.manifest.get('model'))}")
+    return spec_for_identity(ctx, index.manifest["model"])

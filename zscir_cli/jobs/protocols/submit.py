@@ -11,9 +11,10 @@ from zscir_cli.core.durable import write_atomically
 from zscir_cli.core.errors import UserError
 from zscir_cli.core.outputs import check_output_dir
 from zscir_cli.data.public_trees import SPLITS
-from zscir_cli.jobs.backbones import open_backbone, resolve_spec
+from zscir_cli.jobs.backbones import open_backbone
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.protocols.config import SubmitRequest
+from zscir_cli.jobs.protocols.evaluate import split_model
 from zscir_cli.jobs.protocols.predictions import read_predictions, submission
 from zscir_cli.jobs.protocols.ranking import rank_split
 from zscir_cli.jobs.protocols.trees import open_split
@@ -35,7 +36,8 @@ def write_submission(ctx: Context, req: SubmitRequest) -> Submission:
     split = req.split or SPLITS[req.dataset][-1]
     data = open_split(ctx, req.dataset, split)
     out_dir = check_output_dir(Path(req.out))  # before any encoding
-    backbone = open_backbone(ctx, resolve_spec(ctx, req.model, req.pretrained))
+    key = data.artifact.key if data.artifact is not None else ""
+    backbone = open_backbone(ctx, split_model(ctx, key, req.dataset, req.model, req.pretrained))
     files = submission(data, rank_split(ctx, backbone, load_method(ctx, req.method, backbone, req.run), data))
     checked = {}
     for kind, obj in files.items():  # what the server would check, before anything is in place

@@ -117,6 +117,16 @@ def _derive(ctx: Context, source: Artifact, icfg: dict[str, Any], key: str, spec
                                            "write": round(time.perf_counter() - t, 3)}})
 
 
+def index_of_dataset(ctx: Context, dataset_key: str) -> Artifact | None:
+    """The newest index built on a gallery of the prepared data set `dataset_key` (any split)."""
+    def key_of(source: dict[str, Any]) -> str | None:
+        d = source.get("dataset")
+        return d.get("key") if isinstance(d, dict) else d
+
+    found = ctx.store.find(KIND, lambda a: key_of(a.manifest.get("gallery_source", {})) == dataset_key)
+    return found[0] if found else None
+
+
 def find_index(ctx: Context, spec: ModelSpec | None, ref: str | None = None) -> Artifact:
     """The index named by `ref`, else the newest one built with `spec`'s model, of any kind."""
     if ref:
