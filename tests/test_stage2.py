@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from zscir_cli.core.digests import file_sha256
 from zscir_cli.jobs.training.composing import caption_ids, likely_false_negatives, mine_hard_negatives
 from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
 from zscir_cli.model.backbone import ModelSpec, load_backbone
@@ -177,6 +178,8 @@ def test_synth_compose_train_and_query_end_to_end(cli, cache, tmp_path):
     assert len(metrics) == 2 and all(0 <= m["hit@1"] <= 1 for m in metrics)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["hard_negatives"] == 4 and manifest["stage1_run"] == res["stage1_run"]
+    assert manifest["triplets_file"] == {"name": "scene.jsonl", "sha256": file_sha256(scene)}  # no path: caches move
+    assert manifest["triplet_recipe"] == "scene"
     code, out, err = cli("index", "shapes", *TINY, "--cache-dir", cache, "--workers", "0")
     assert code == 0, err
     index = out.strip()
