@@ -120,7 +120,7 @@ def main() -> None:
 
     tops = {}
     for name, run in (("image", None), ("stage1", args.stage1), ("tscir", args.tscir)):
-        tops[name] = rank_split(ctx, backbone, load_method(ctx, name, backbone, run), suite).top
+        tops[name] = rank_split(ctx, load_method(ctx, name, backbone, run), suite).top
     tops["oracle"] = oracle_result(ctx, backbone, suite)[1].top
 
     print("first result of each query (% of queries):")

@@ -119,11 +119,11 @@ def test_cirr_removes_the_reference_and_fashioniq_keeps_it(prepared):
     bb = load_backbone(ModelSpec("zscir-tiny-vit", "none"))
     image = QueryMethod("image", bb)  # the reference's own feature: it would come first if not removed
     cirr = open_split(ctx, "cirr", "val")
-    r = rank_split(ctx, bb, image, cirr)
+    r = rank_split(ctx, image, cirr)
     for q, top, sub in zip(cirr.queries, r.top, r.subset):
         assert q.reference not in top and len(top) == 7 and q.reference not in sub and len(sub) == 5
     fiq = open_split(ctx, "fashioniq", "val")
-    r = rank_split(ctx, bb, image, fiq)
+    r = rank_split(ctx, image, fiq)
     assert all(top[0] == q.reference for q, top in zip(fiq.queries, r.top))
     assert all(set(top) <= set(fiq.galleries[q.group]) for q, top in zip(fiq.queries, r.top))
 
@@ -143,7 +143,7 @@ def test_fashioniq_encodes_both_caption_orders(prepared, monkeypatch):
     monkeypatch.setattr(QueryMethod, "encode", spy)
     ctx = Context(store=ArtifactStore(prepared), workers=0)
     bb = load_backbone(ModelSpec("zscir-tiny-vit", "none"))
-    rank_split(ctx, bb, QueryMethod("text", bb), open_split(ctx, "fashioniq", "val"))
+    rank_split(ctx, QueryMethod("text", bb), open_split(ctx, "fashioniq", "val"))
     assert ["is shiny and silver and fit and flare", "is red and has longer sleeves"] in seen
     assert ["fit and flare and is shiny and silver", "has longer sleeves and is red"] in seen
 

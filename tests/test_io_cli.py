@@ -45,7 +45,9 @@ def test_help_of_every_command_shows_defaults_whole(cli):
     assert checked >= 10  # --model, --pretrained, --cache-dir, --workers, ... on many commands
     code, out, _ = cli("index", "--help")
     flat = " ".join(out.split())
-    assert "random weights [default: openai]." in flat and "id [default: ViT-L-14, or the model of" in flat
+    assert "random weights [default: openai]." in flat and "id [default: ViT-L-14]." in flat
+    code, out, _ = cli("query", "--help")  # a command that ranks an index takes the index's model
+    assert "id [default: the model of --index, else of the newest index]." in " ".join(out.split())
 
 
 def _tiny_backbone_in(cache: Path) -> Path:

@@ -9,7 +9,7 @@ import typer
 
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import err, out
-from zscir_cli.cli.options import CacheDir, Device, Json, Pretrained, SplitModel
+from zscir_cli.cli.options import METHODS_HELP, CacheDir, Device, Json, ManyWeights, Pretrained, SplitModel
 from zscir_cli.jobs.protocols.config import EvalRequest as D
 
 
@@ -17,11 +17,12 @@ def evaluate(
     dataset: Annotated[str, typer.Argument(help="Benchmark: shapes, fashioniq, cirr or circo (prepared first).")],
     split: Annotated[str, typer.Option(help="Split: val (every benchmark), test (shapes).")] = D.split,
     method: Annotated[list[str] | None, typer.Option(
-        "--method", help="Method to evaluate (repeat the option for several) [default: every method with a "
-                         "run for the model].", show_default=False)] = None,
+        "--method", help=f"Method to evaluate ({METHODS_HELP}; repeat the option for several) [default: every "
+                         "method with a run for the model, and those --weights names].", show_default=False)] = None,
     run: Annotated[str | None, typer.Option(
         "--run", help="Trained run for the (single) trained method given [default: the newest].",
         show_default=False)] = None,
+    weights: ManyWeights = None,
     html: Annotated[Path | None, typer.Option(
         "--html", help="Also write a page of the first method's worst queries, with thumbnails.",
         show_default=False)] = None,
@@ -49,7 +50,8 @@ def evaluate(
     """Evaluate methods on a benchmark split, following its protocol exactly."""
     from zscir_cli.jobs.protocols.evaluate import evaluate_request
 
-    req = D(dataset=dataset, split=split, methods=list(method or []), run=run, model=model, pretrained=pretrained,
+    req = D(dataset=dataset, split=split, methods=list(method or []), run=run, weights=list(weights or []),
+            model=model, pretrained=pretrained,
             kind=kind, target_caption=oracle if oracle is not None else target_caption, wording=wording,
             texts=str(texts) if texts is not None else None, html=str(html) if html is not None else None)
     res = evaluate_request(make_context(cache_dir, device), req)

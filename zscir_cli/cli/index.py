@@ -24,6 +24,9 @@ def index(
                              "--model.", show_default=False)] = None,
     model: Model = None,
     pretrained: Pretrained = None,
+    preprocess: Annotated[str, typer.Option(
+        help="How images are read: clip (the model's own transform) or targetpad (SEARLE's: an image "
+             "longer than 1.25:1 padded to that ratio first, as its release was evaluated).")] = D.preprocess,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = D.batch_size,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Index the readable images and "
                                            "record the unreadable ones, instead of failing.")] = D.skip_bad,
@@ -50,8 +53,8 @@ def index(
     from zscir_cli.jobs.retrieval.build import build_index
 
     req = D(gallery=gallery, embeddings=str(embeddings) if embeddings is not None else None, model=model,
-            pretrained=pretrained, batch_size=batch_size, skip_bad=skip_bad, part_size=part_size, kind=kind,
-            max_memory=max_memory, force=force)
+            pretrained=pretrained, preprocess=preprocess, batch_size=batch_size, skip_bad=skip_bad,
+            part_size=part_size, kind=kind, max_memory=max_memory, force=force)
     done = build_index(make_context(cache_dir, device, workers), req)
     if done is None:  # a torchrun process other than rank 0: its parts are written, rank 0 reports
         return

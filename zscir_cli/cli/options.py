@@ -28,6 +28,18 @@ Pretrained = Annotated[str | None, typer.Option(
                          ".safetensors/.pt/.bin file, 'latest' (the newest 'zscir pretrain' of "
                          "--model), or 'none' for random weights [default: openai].",
     show_default=False)]
+# released mappers (model.releases): what --weights takes
+METHODS_HELP = "tscir (both stages), stage1, pic2word, sum, image, text; searle, lincir (released weights)"
+_WEIGHTS = ("The released mapper's weights for searle, lincir or pic2word (pic2word without them: zscir's own "
+            "run): a file, or hf-hub:OWNER/REPO/FILE. Formats: SEARLE and LinCIR, a torch file holding "
+            "{'epoch', 'Phi'} (SEARLE_ViT-L14.pt, lincir_large.pt) or Phi's state dict (layers.0/3/6); "
+            "Pic2Word, a checkpoint holding 'state_dict_img2text' (pic2word_large.pt; only the mapper is read) "
+            "or that state dict (layers.N.0, fc_out); either state dict as .safetensors. Read without "
+            "unpickling any object")
+Weights = Annotated[str | None, typer.Option("--weights", help=f"{_WEIGHTS}.", show_default=False)]
+ManyWeights = Annotated[list[str] | None, typer.Option(
+    "--weights", help=f"{_WEIGHTS}. METHOD=FILE names the method where several are asked (repeat it).",
+    show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")]
 Force = Annotated[bool, typer.Option("--force", help="Rebuild even if the cache holds the result.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")]

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from zscir_cli.cli.common import make_context, print_hits, print_json
-from zscir_cli.cli.options import CacheDir, Device, IndexModel, Json, Pretrained
+from zscir_cli.cli.options import METHODS_HELP, CacheDir, Device, IndexModel, Json, Pretrained, Weights
 from zscir_cli.core.errors import UserError
 from zscir_cli.jobs.retrieval.config import QueryRequest as D
 
@@ -20,10 +20,11 @@ def query(
         help="Reference image: a file, or an id in the index.", show_default=False)] = None,
     text: Annotated[str | None, typer.Argument(
         help="Modification text, e.g. \"make it red\".", show_default=False)] = None,
-    method: Annotated[str, typer.Option(help="tscir (both stages), stage1, pic2word, sum, image or text.")] = D.method,
+    method: Annotated[str, typer.Option(help=f"{METHODS_HELP}.")] = D.method,
     run: Annotated[str | None, typer.Option(
         "--run", help="Trained run for tscir/stage1/pic2word [default: the newest for the model].",
         show_default=False)] = None,
+    weights: Weights = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show.")] = D.top_k,
     index: Annotated[str | None, typer.Option(
         "--index", help="Index key (from 'zscir index' or 'zscir cache ls') [default: the newest "
@@ -54,7 +55,7 @@ def query(
         raise UserError("--queries FILE takes the place of REFERENCE and TEXT; give one or the other.",
                         "Put the query in the file, or leave out --queries.")
     req = D(reference=reference, text=text, queries=str(queries) if queries is not None else None, method=method,
-            run=run, top_k=top_k, index=index, model=model, pretrained=pretrained,
+            run=run, weights=weights, top_k=top_k, index=index, model=model, pretrained=pretrained,
             html=str(html) if html is not None else None, skip_invalid=skip_invalid)
     ctx = make_context(cache_dir, device)
     if queries is not None:

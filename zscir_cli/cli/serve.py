@@ -24,6 +24,11 @@ def serve(
     port: Port = D.port,
     max_upload_mb: Annotated[float, typer.Option(
         min=0.01, help="Largest uploaded image, in MB.")] = D.max_upload_mb,
+    weights: Annotated[list[str] | None, typer.Option(
+        "--weights", metavar="METHOD=FILE", help="Also serve a released mapper: searle=FILE, lincir=FILE or "
+                                                 "pic2word=FILE (in place of zscir's own pic2word run); repeat "
+                                                 "for several. Formats: see 'zscir query --help'.",
+        show_default=False)] = None,
     threads: Annotated[int, typer.Option(
         min=0, help="Compute threads of the model and faiss (0: one per core). One suits a machine shared with "
                     "other work; see docs/service.md.")] = T.compute,
@@ -40,7 +45,7 @@ def serve(
 
     if wait_policy not in ("passive", "active"):
         raise UserError(f"Unknown --wait-policy '{wait_policy}'.", "Use passive or active.")
-    req = D(indexes=list(index or []), host=host, port=port, max_upload_mb=max_upload_mb,
+    req = D(indexes=list(index or []), host=host, port=port, max_upload_mb=max_upload_mb, weights=list(weights or []),
             threads=T(compute=threads, wait_policy=wait_policy, io=io_threads))
     sock = bind(host, port)  # before loading: a busy port fails at once
     try:

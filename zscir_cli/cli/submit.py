@@ -9,7 +9,7 @@ import typer
 
 from zscir_cli.cli.common import make_context, print_json
 from zscir_cli.cli.console import out, warn
-from zscir_cli.cli.options import CacheDir, Device, Json, Pretrained, SplitModel
+from zscir_cli.cli.options import CacheDir, Device, Json, Pretrained, SplitModel, Weights
 from zscir_cli.jobs.protocols.config import ScoreRequest, SubmitRequest
 
 
@@ -18,6 +18,7 @@ def submit(
     split: Annotated[str | None, typer.Option(help="Split [default: the test split].", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="Method, as in query.")] = SubmitRequest.method,
     run: Annotated[str | None, typer.Option(help="Trained run [default: the newest].", show_default=False)] = None,
+    weights: Weights = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the files.")] = Path(SubmitRequest.out),
     model: SplitModel = None,
     pretrained: Pretrained = None,
@@ -28,7 +29,8 @@ def submit(
     from zscir_cli.jobs.protocols.submit import write_submission
 
     done = write_submission(make_context(cache_dir, device), SubmitRequest(
-        dataset=dataset, split=split, method=method, run=run, out=str(out_dir), model=model, pretrained=pretrained))
+        dataset=dataset, split=split, method=method, run=run, weights=weights, out=str(out_dir), model=model,
+        pretrained=pretrained))
     for path in done.files:
         typer.echo(str(path))
     if done.excluded:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 
 from zscir_cli.core.device import autocast
 from zscir_cli.core.errors import close_matches
+from zscir_cli.model.releases import TargetPad
 from zscir_cli.model.weights import (
     WeightsFileError,
     WeightsMemo,
@@ -33,6 +34,7 @@ DEFAULT_MODEL = "ViT-L-14"  # the setting every peer reports
 DEFAULT_PRETRAINED = "openai"
 SCHEMAS = ("hf-hub:", "local-dir:")
 RANDOM_WEIGHTS = ("none", "random")
+PREPROCESSING = ("clip", "targetpad")  # how images are read into the model (`image_transform`)
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 RANDOM_INIT_SEED = 0
 
@@ -77,6 +79,7 @@ class ModelSpec:
     name: str
     pretrained: str | None = None
     memo: WeightsMemo | None = field(default=None, compare=False, hash=False, repr=False)
+    preprocess: str = "clip"  # clip: the model's own transform; targetpad: SEARLE's padding first
 
     def normalised(self) -> ModelSpec:
         pre = self.pretrained
@@ -86,7 +89,7 @@ class ModelSpec:
             pre = str(Path(pre).expanduser().resolve())
         if self.name.startswith(SCHEMAS):
             pre = None  # OpenCLIP ignores `pretrained` for schema ids: so do we
-        return ModelSpec(self.name, pre, self.memo)
+        return ModelSpec(self.name, pre, self.memo, self.preprocess)
 
     @property
     def weights_file(self) -> str | None:
@@ -112,16 +115,19 @@ class ModelSpec:
             ident = {"name": spec.name, "pretrained": spec.pretrained}
         if needs_quick_gelu(spec):
             ident["quick_gelu"] = True
+        if spec.preprocess != "clip":  # images are read otherwise: other features (the plain transform adds no key)
+            ident["preprocess"] = spec.preprocess
         return ident
 
     def label(self) -> str:
         spec = self.normalised()
+        shown = "" if spec.preprocess == "clip" else f", {spec.preprocess} images"
         if not spec.pretrained:
-            return spec.name + ("" if spec.name.startswith(SCHEMAS) else " (random weights)")
+            return spec.name + ("" if spec.name.startswith(SCHEMAS) else " (random weights)") + shown
         pre = spec.pretrained
         if os.path.isabs(pre):
             pre = Path(pre).name
-        return f"{spec.name}/{pre}"
+        return f"{spec.name}/{pre}{shown}"
 
 
 def identity_label(ident: dict[str, Any] | None) -> str:
@@ -129,8 +135,9 @@ def identity_label(ident: dict[str, Any] | None) -> str:
     if not ident:
         return "an unknown model"
     if ident.get("sha256"):
-        return f"{ident['name']} (weights sha256 {str(ident['sha256'])[:12]})"
-    return ModelSpec(ident["name"], ident.get("pretrained")).label()
+        shown = f", {ident['preprocess']} images" if ident.get("preprocess") else ""
+        return f"{ident['name']} (weights sha256 {str(ident['sha256'])[:12]}){shown}"
+    return ModelSpec(ident["name"], ident.get("pretrained"), preprocess=ident.get("preprocess", "clip")).label()
 
 
 def needs_quick_gelu(spec: ModelSpec) -> bool:
@@ -170,11 +177,25 @@ class Backbone:
             int(self.encode_texts(["x"]).shape[-1])
 
     @torch.inference_mode()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised features (fp32)."""
+    def encode_images(self, images: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised features (fp32); with
+        `normalise=False` the projected features as the image tower gives them."""
         with autocast(self.device):
             feats = self.model.encode_image(images.to(self.device, non_blocking=True))
-        return torch.nn.functional.normalize(feats.float(), dim=-1)
+        return torch.nn.functional.normalize(feats.float(), dim=-1) if normalise else feats.float()
+
+    def with_preprocess(self, kind: str) -> Backbone:
+        """The same model reading images with the preprocessing `kind` (another spec: artifacts
+        of its images get other keys)."""
+        if kind == self.spec.preprocess:
+            return self
+        base = self.preprocess.transforms[1:] if self.spec.preprocess == "targetpad" else self.preprocess
+        if self.spec.preprocess == "targetpad":
+            from torchvision.transforms import Compose
+
+            base = Compose(base)
+        return Backbone(self.model, image_transform(base, kind), self.tokenizer, replace(self.spec, preprocess=kind),
+                        self.device)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -225,7 +246,19 @@ def load_backbone(spec: ModelSpec, *, cache_dir: Path | None = None,
     for p in model.parameters():
         p.requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(spec.name)
-    return Backbone(model, preprocess, tokenizer, spec, torch.device(device))
+    return Backbone(model, image_transform(preprocess, spec.preprocess), tokenizer, spec, torch.device(device))
+
+
+def image_transform(base: Any, kind: str) -> Any:
+    """The model's own eval transform (`clip`), or SEARLE's padding to an aspect ratio of 1.25
+    before it (`targetpad`)."""
+    if kind == "clip":
+        return base
+    if kind != "targetpad":
+        raise BackboneError(f"unknown image preprocessing '{kind}'", "mismatch", kind, PREPROCESSING)
+    from torchvision.transforms import Compose
+
+    return Compose([TargetPad(), *base.transforms])
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -342,8 +375,8 @@ def spec_from_identity(ident: dict[str, Any], weights: Path | None = None) -> Mo
         if weights is None:
             raise BackboneError(f"no file with the weights of {identity_label(ident)} is known",
                                 "missing_file", str(ident["sha256"]))
-        return ModelSpec(ident["name"], str(weights))
-    return ModelSpec(ident["name"], ident.get("pretrained"))
+        return ModelSpec(ident["name"], str(weights), preprocess=ident.get("preprocess", "clip"))
+    return ModelSpec(ident["name"], ident.get("pretrained"), preprocess=ident.get("preprocess", "clip"))
 
 
 __all__ = [

@@ -101,9 +101,11 @@ class WeightsMemo:
 
 # -- reading a user's torch checkpoint -----------------------------------------------------------
 
-def read_torch_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The state dict of a .pt/.pth/.bin file, unpickled with `weights_only=True`: a pickle
-    that names any Python callable is refused before anything of it runs."""
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """Whatever a .pt/.pth/.bin file holds, unpickled with `weights_only=True` (tensors and plain
+    containers only: a pickle that names any Python callable is refused before anything of it
+    runs). Memory-mapped where the file's format allows, so that a large file whose caller needs
+    a small part of it is not read whole."""
     import torch
 
     path = Path(path)
@@ -111,16 +113,27 @@ def read_torch_state(path: str | os.PathLike) -> dict[str, Any]:
         raise WeightsFileError(f"{path} is empty (0 bytes): an interrupted download or copy. "
                                "Fetch or copy the checkpoint again.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # the legacy (not zip) format cannot be mapped
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsFileError(_unsafe_message(path, str(e))) from None
     except Exception as e:  # noqa: BLE001 - a zip/pickle reader fails in many ways on non-checkpoints
         raise WeightsFileError(f"{path} is not a PyTorch checkpoint that can be read "
                                f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'no detail'}). "
                                "Give a .safetensors file or a .pt saved with torch.save(state_dict).") from None
-    if isinstance(obj, torch.jit.ScriptModule):  # OpenAI's original archives
-        obj = {k: v for k, v in obj.state_dict().items()
-               if k not in ("input_resolution", "context_length", "vocab_size")}
+
+
+def read_torch_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The state dict of a .pt/.pth/.bin file (`load_torch_file`): the file's dict of tensors,
+    or the one under 'state_dict', without DistributedDataParallel's 'module.' prefixes."""
+    import torch
+
+    path = Path(path)
+    obj = load_torch_file(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(
@@ -130,13 +143,19 @@ def read_torch_state(path: str | os.PathLike) -> dict[str, Any]:
         raise WeightsFileError(f"{path} holds {what}, not a state dict (a dict of parameter names "
                                "to tensors, alone or under 'state_dict'). Save the model's "
                                "state_dict() to it, ideally with safetensors.torch.save_file.")
-    if next(iter(obj)).startswith("module."):  # saved from DistributedDataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+    return strip_module_prefix(obj)
+
+
+def strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict saved from DistributedDataParallel ('module.' before every key) as the bare
+    module's."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 def _unsafe_message(path: Path, detail: str) -> str:
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+    found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", detail, re.IGNORECASE)  # torch words it two ways
     if found is None:
         return (f"{path} is not a PyTorch checkpoint: its pickle stream cannot be read as plain "
                 "tensors. Give a .safetensors file or a .pt saved with torch.save(state_dict).")

@@ -55,7 +55,7 @@ def run(ctx: Context, req: ServeRequest, sock: socket.socket, log: Callable[[str
         log(f"{' and '.join(late)} started before the service's threads were set: OMP_WAIT_POLICY and "
             "OMP_NUM_THREADS apply to a fresh 'zscir serve' only")
     counts = threads.apply(req.threads)
-    service = load_service(ctx, req.indexes, Limits(max_upload_mb=req.max_upload_mb))
+    service = load_service(ctx, req.indexes, Limits(max_upload_mb=req.max_upload_mb), req.weights)
     app = create_app(service, log=log, io_threads=req.threads.io)
     shown = f"[{req.host}]" if ":" in req.host else req.host
     if req.host not in LOCAL:

@@ -15,6 +15,7 @@ class EvalRequest:
     split: str = "val"  # val (every benchmark), test (shapes)
     methods: list[str] = field(default_factory=list)  # [] = every method with a run for the model
     run: str | None = None  # the run of the (single) trained method given [default: the newest]
+    weights: list[str] = field(default_factory=list)  # released mappers' files: FILE or METHOD=FILE
     model: str | None = None  # --model/--pretrained as given
     pretrained: str | None = None
     kind: str = "flat"  # the galleries' index kind; flat ranks exactly, as the protocols are defined
@@ -32,6 +33,7 @@ class SubmitRequest:
     split: str | None = None  # [default: the benchmark's test split]
     method: str = "tscir"
     run: str | None = None
+    weights: str | None = None  # a released mapper's file (searle, lincir, pic2word)
     out: str = "submission"  # the folder for the files
     model: str | None = None
     pretrained: str | None = None

@@ -17,6 +17,7 @@ from zscir_cli.jobs.protocols.suites import open_suite, read_texts, shapes_suite
 from zscir_cli.jobs.protocols.trees import PROTOCOLS
 from zscir_cli.jobs.retrieval.indexing import index_of_dataset
 from zscir_cli.jobs.retrieval.methods import TRAINED, MethodChoice, available_methods, check_method
+from zscir_cli.jobs.retrieval.releases import parse_weights
 from zscir_cli.model.backbone import ModelSpec, identity_label
 
 WORDINGS = ("train", "val", "test")
@@ -36,6 +37,7 @@ def evaluate_request(ctx: Context, req: EvalRequest) -> Evaluation:
     trained = [m for m in req.methods if m in TRAINED]
     if req.run and len(trained) != 1:
         raise UserError("--run names the run of one trained method.", "Give exactly one of tscir, stage1, pic2word.")
+    weights = parse_weights(req.methods, req.weights)
     html = check_output(Path(req.html)) if req.html is not None else None
     if (req.wording is not None or req.texts is not None) and benchmark:
         raise UserError("--wording and --texts reword the shapes world's queries.", f"Leave them out for {name}.")
@@ -44,9 +46,9 @@ def evaluate_request(ctx: Context, req: EvalRequest) -> Evaluation:
     suite = open_suite(ctx, name, req.split) if benchmark else \
         shapes_suite(ctx, name, req.split, req.wording, read_texts(Path(req.texts)) if req.texts is not None else None)
     backbone = open_backbone(ctx, split_model(ctx, suite.dataset_key, name, req.model, req.pretrained))
-    methods = list(req.methods) or available_methods(ctx, backbone)
-    res, worst = evaluate(ctx, backbone, suite, [MethodChoice(m, req.run if m in TRAINED else None) for m in methods],
-                          req.kind, req.target_caption)
+    methods = list(req.methods) or list(dict.fromkeys([*available_methods(ctx, backbone), *weights]))
+    choices = [MethodChoice(m, req.run if m in TRAINED else None, weights=weights.get(m)) for m in methods]
+    res, worst = evaluate(ctx, backbone, suite, choices, req.kind, req.target_caption)
     if html is not None and worst is not None:
         worst.write(html, f"zscir eval {name} {req.split}: the worst queries of {worst.method} ({res.model})")
         ctx.reporter.info(f"wrote {html}")

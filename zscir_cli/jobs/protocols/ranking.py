@@ -8,11 +8,13 @@ import hashlib
 
 import numpy as np
 
+from zscir_cli.core.errors import UserError
 from zscir_cli.index import search
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.protocols.predictions import Rankings
-from zscir_cli.jobs.protocols.suites import PathGallery, Suite, benchmark_suite
+from zscir_cli.jobs.protocols.suites import PathGallery, Suite, SuiteImages, benchmark_suite
 from zscir_cli.jobs.protocols.trees import PreparedSplit
+from zscir_cli.jobs.retrieval.encoder import encode_gallery
 from zscir_cli.jobs.retrieval.encodings import encode_once
 from zscir_cli.jobs.retrieval.features import FeatureSet, cached_features
 from zscir_cli.jobs.retrieval.indexing import index_spec
@@ -51,12 +53,26 @@ def _digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Suite | PreparedSplit,
-               kind: str = "flat") -> Rankings:
+def _raw_reference_features(ctx: Context, backbone: Backbone, suite: Suite, refs: list[str]) -> np.ndarray:
+    """(Q, D) the references' image features before normalisation, encoded again (an index
+    keeps normalised features only): what a released mapper takes."""
+    unique = sorted(set(refs))
+    images = SuiteImages(suite, unique)
+    encoded = encode_gallery(ctx, backbone, images, description=f"encoding {len(unique)} references", raw=True)
+    if encoded.failures:
+        row, err = encoded.failures[0]
+        raise UserError(f"Reference image {unique[row]} could not be read ({err}).", "Fix the file and run again.")
+    row_of = {unique[r]: i for i, r in enumerate(encoded.rows)}
+    return encoded.features[[row_of[r] for r in refs]] if refs else encoded.features[:0]
+
+
+def rank_split(ctx: Context, method: QueryMethod, suite: Suite | PreparedSplit, kind: str = "flat") -> Rankings:
     """Rank every query of the split with `method`, following the benchmark's protocol, against
-    each gallery's index of `kind` (flat: exact, as the protocols are defined)."""
+    each gallery's index of `kind` (flat: exact, as the protocols are defined), encoded by the
+    method's backbone (with its preprocessing)."""
     if isinstance(suite, PreparedSplit):
         suite = benchmark_suite(suite)
+    backbone = method.backbone
     top: list[list[str]] = [[] for _ in suite.queries]
     index: list[str] = []
     subset: list[list[str]] | None = [[] for _ in suite.queries] if suite.name == "cirr" else None
@@ -73,15 +89,18 @@ def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Sui
         gal_feats, gal_ids = opened.features, opened.ids
         gal_row = {g: i for i, g in enumerate(gal_ids)}
         qs = [suite.queries[i] for i in rows]
-        tokens = FeatureSet.open(enc.features) if enc.features is not None else None
-        v, t = _reference_features(ctx, backbone, suite, group, [q.reference for q in qs], gal_row, gal_feats,
-                                   tokens, grid)
-        if suite.name == "fashioniq":  # both caption orders, averaged
-            feats = method.encode(v, [f"{q.texts[0]} and {q.texts[1]}" for q in qs], t) + \
-                method.encode(v, [f"{q.texts[1]} and {q.texts[0]}" for q in qs], t)
-            feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+        refs = [q.reference for q in qs]
+        if method.raw_reference:
+            v, t = _raw_reference_features(ctx, backbone, suite, refs), None
         else:
-            feats = method.encode(v, [q.texts[0] for q in qs], t)
+            tokens = FeatureSet.open(enc.features) if enc.features is not None else None
+            v, t = _reference_features(ctx, backbone, suite, group, refs, gal_row, gal_feats, tokens, grid)
+        asked = [method.captions(suite.name, q.texts) for q in qs]  # several: their features averaged
+        feats = method.encode(v, [a[0] for a in asked], t)
+        if asked and len(asked[0]) > 1:
+            for j in range(1, len(asked[0])):
+                feats = feats + method.encode(v, [a[j] for a in asked], t)
+            feats /= np.linalg.norm(feats, axis=1, keepdims=True)
         exclude = [[gal_row[q.reference]] if suite.remove_reference and q.reference in gal_row else [] for q in qs]
         ranked, _ = search.rank(opened, feats, DEPTH, exclude=exclude)
         for j, i in enumerate(rows):
@@ -93,5 +112,3 @@ def rank_split(ctx: Context, backbone: Backbone, method: QueryMethod, suite: Sui
                     order, _ = search.rank(sub, feats[j:j + 1], len(members))
                     subset[i] = [members[r] for r in order[0] if r >= 0]
     return Rankings(top, subset, index)
-
-

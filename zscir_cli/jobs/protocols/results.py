@@ -116,7 +116,7 @@ def target_caption_result(ctx: Context, backbone: Backbone, suite: Suite,
     offers, and no ceiling (a composed query can find targets it misses)."""
     asked = replace(suite, queries=[replace(q, texts=[t]) for q, t in zip(suite.queries, suite.target_captions)],
                     _where=None)
-    rankings = rank_split(ctx, backbone, load_method(ctx, "text", backbone), asked, kind)
+    rankings = rank_split(ctx, load_method(ctx, "text", backbone), asked, kind)
     metrics, groups = score_rankings(asked, rankings)
     return MethodResult(TARGET_CAPTION, metrics, groups, name=TARGET_CAPTION, recipe="no training"), rankings
 
@@ -131,8 +131,8 @@ def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str |
     results, worst, index = [], None, []
     for choice in methods:
         choice = choice if isinstance(choice, MethodChoice) else MethodChoice(choice)
-        method = load_method(ctx, choice.name, backbone, choice.run)
-        rankings = rank_split(ctx, backbone, method, suite, kind)
+        method = load_method(ctx, choice.name, backbone, choice.run, choice.weights)
+        rankings = rank_split(ctx, method, suite, kind)
         index += [k for k in rankings.index if k not in index]
         metrics, groups = score_rankings(suite, rankings)
         results.append(MethodResult(choice.label or choice.name, metrics, groups,

@@ -32,13 +32,13 @@ def write_submission(ctx: Context, req: SubmitRequest) -> Submission:
     the server would check it before any is in place."""
     if req.dataset not in SPLITS:
         raise UserError(f"No submission format for '{req.dataset}'.", "Choose cirr, circo or fashioniq.")
-    check_method(req.method)
+    check_method(req.method, req.weights)
     split = req.split or SPLITS[req.dataset][-1]
     data = open_split(ctx, req.dataset, split)
     out_dir = check_output_dir(Path(req.out))  # before any encoding
     key = data.artifact.key if data.artifact is not None else ""
     backbone = open_backbone(ctx, split_model(ctx, key, req.dataset, req.model, req.pretrained))
-    files = submission(data, rank_split(ctx, backbone, load_method(ctx, req.method, backbone, req.run), data))
+    files = submission(data, rank_split(ctx, load_method(ctx, req.method, backbone, req.run, req.weights), data))
     checked = {}
     for kind, obj in files.items():  # what the server would check, before anything is in place
         blob = json.dumps(obj).encode()

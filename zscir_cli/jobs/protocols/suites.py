@@ -8,6 +8,7 @@ Shapes protocol (ours, docs/lab.md): the whole split gallery ranked with the ref
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -70,14 +71,37 @@ class Suite:
     def has_ground_truth(self) -> bool:
         return bool(self.queries) and all(q.targets for q in self.queries)
 
-    def image(self, item: str):
-        """An image by id, for the worst-queries page."""
+    def _place(self, item: str) -> tuple[str, int] | None:
         if self._where is None:
             self._where = {x: (g, i) for g, gal in self.galleries.items() for i, x in enumerate(gal.ids)}
-        if item in self._where:
-            group, row = self._where[item]
-            return self.galleries[group].image(row)
-        return load_rgb(self.references[item])
+        return self._where.get(item)
+
+    def image(self, item: str):
+        """An image by id (a gallery's, or a reference outside every gallery)."""
+        place = self._place(item)
+        return self.galleries[place[0]].image(place[1]) if place else load_rgb(self.references[item])
+
+    def raw(self, item: str) -> bytes:
+        """An image's bytes by id."""
+        place = self._place(item)
+        return self.galleries[place[0]].raw(place[1]) if place else Path(self.references[item]).read_bytes()
+
+
+class SuiteImages(Gallery):
+    """Images of a suite by id, wherever they lie (the references of its queries)."""
+
+    def __init__(self, suite: Suite, ids: list[str]):
+        self.suite, self.ids = suite, ids
+        self.source = {"kind": "dataset", "dataset": suite.dataset_key, "split": suite.split, "part": "references"}
+
+    def image(self, i: int):
+        return self.suite.image(self.ids[i])
+
+    def raw(self, i: int) -> bytes:
+        return self.suite.raw(self.ids[i])
+
+    def identity(self) -> dict[str, Any]:
+        return {**self.source, "ids": hashlib.sha256("\n".join(self.ids).encode()).hexdigest()[:16]}
 
 
 def shapes_suite(ctx: Context, dataset: str, split: str, wording: str | None = None,

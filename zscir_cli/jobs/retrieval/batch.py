@@ -28,6 +28,7 @@ from zscir_cli.jobs.retrieval.query import (
     index_ids,
     load_index,
     run_query,
+    say_method,
 )
 from zscir_cli.jobs.retrieval.references import ID, ReferenceArg, reference_arg, resolve
 
@@ -141,7 +142,7 @@ def answer_all(ctx: Context, req: QueryRequest) -> Iterator[dict[str, Any]]:
     """`zscir query --queries`: every line of the file checked first (an invalid one stops
     everything before any model loads, unless skipping), then answered with one model and one
     index, one object per query in input order; a last line on stderr counts them."""
-    check_method(req.method)
+    check_method(req.method, req.weights)
     art, spec = index_and_model(ctx, req.model, req.pretrained, req.index)
     batch = read_queries(Path(req.queries), set(index_ids(art)), art.key, req.method, req.top_k)  # type: ignore[arg-type]
     bad = [q for q in batch if q.error is not None]
@@ -153,9 +154,8 @@ def answer_all(ctx: Context, req: QueryRequest) -> Iterator[dict[str, Any]]:
         raise UserError(first.message + more, ((first.hint or "") + " " + SKIP_HINT).strip())
     for q in bad:
         ctx.reporter.info(f"{q.error} (answered with an error line)")
-    qm = load_method(ctx, req.method, open_backbone(ctx, spec), req.run)
-    if qm.run is not None:
-        ctx.reporter.info(f"using {req.method} run {qm.run.key}")
+    qm = load_method(ctx, req.method, open_backbone(ctx, spec), req.run, req.weights)
+    say_method(ctx, qm, art)
     answered = skipped = 0
     for obj in run_queries(ctx, qm, load_index(ctx, art), batch, req.skip_invalid):
         answered, skipped = (answered, skipped + 1) if "error" in obj else (answered + 1, skipped)

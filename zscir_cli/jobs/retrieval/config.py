@@ -16,6 +16,7 @@ class IndexRequest:
     embeddings: str | None = None
     model: str | None = None  # --model/--pretrained as given
     pretrained: str | None = None
+    preprocess: str = "clip"  # clip: the model's own image transform; targetpad: SEARLE's padding first
     batch_size: int = 64  # images per forward pass
     skip_bad: bool = False  # index the readable images, record the unreadable ones
     part_size: int = 100_000  # under torchrun: images per part (rounded up to a multiple of batch_size)
@@ -31,8 +32,9 @@ class QueryRequest:
     reference: str | None = None  # an image file, or an id of the index
     text: str | None = None  # the modification
     queries: str | None = None  # `query --queries`: the JSONL file
-    method: str = "tscir"  # tscir | stage1 | pic2word | sum | image | text
+    method: str = "tscir"  # tscir | stage1 | pic2word | sum | image | text | searle | lincir
     run: str | None = None  # the trained run of the method [default: the newest for the model]
+    weights: str | None = None  # a released mapper's file or hf-hub: id (searle, lincir, pic2word)
     top_k: int = 10  # results per query
     index: str | None = None  # the index key [default: the newest built with the model]
     model: str | None = None  # --model/--pretrained as given [default: the index's own model]

@@ -92,9 +92,10 @@ def _batches(loader: DataLoader, timings: Timings) -> Iterator:
 
 
 def run_encoder(ctx: Context, backbone: Backbone, gallery: Gallery, writer: Writer, *, grid: int | None = None,
-                batch_size: int = 64, description: str = "encoding images") -> RunStats:
-    """Encode every readable image of `gallery` into `writer`: global features, plus the visual
-    tokens pooled to `grid` when it is given. Unreadable images are returned, not raised."""
+                batch_size: int = 64, description: str = "encoding images", raw: bool = False) -> RunStats:
+    """Encode every readable image of `gallery` into `writer`: global features (normalised, or
+    as the image tower gives them when `raw`), plus the visual tokens pooled to `grid` when it
+    is given. Unreadable images are returned, not raised."""
     loader = DataLoader(ImageRows(gallery, backbone.preprocess), batch_size=batch_size, shuffle=False,
                         num_workers=ctx.num_workers(), collate_fn=collate_rows,
                         pin_memory=backbone.device.type == "cuda", persistent_workers=False)
@@ -105,7 +106,7 @@ def run_encoder(ctx: Context, backbone: Backbone, gallery: Gallery, writer: Writ
             if images is not None:
                 t = time.perf_counter()
                 if grid is None:
-                    v, tok = backbone.encode_images(images).cpu().numpy(), None
+                    v, tok = backbone.encode_images(images, normalise=not raw).cpu().numpy(), None
                 else:
                     with torch.inference_mode(), autocast(backbone.device):
                         tv, tt = encode_with_tokens(backbone.model, images.to(backbone.device), grid)
@@ -133,17 +134,18 @@ class MemoryWriter:
 
 @dataclass
 class Encoded:
-    features: np.ndarray  # (N_ok, D) float32, L2-normalised
+    features: np.ndarray  # (N_ok, D) float32, L2-normalised (unless asked raw)
     rows: list[int]  # gallery rows of `features`
     failures: list[tuple[int, str]] = field(default_factory=list)  # (row, error)
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def encode_gallery(ctx: Context, backbone: Backbone, gallery: Gallery, batch_size: int = 64,
-                   description: str = "encoding images") -> Encoded:
-    """The global features of `gallery` in memory (nothing cached): for small validation sets."""
+                   description: str = "encoding images", raw: bool = False) -> Encoded:
+    """The global features of `gallery` in memory (nothing cached; not normalised when `raw`):
+    for small validation sets, and references encoded again."""
     writer = MemoryWriter()
-    stats = run_encoder(ctx, backbone, gallery, writer, batch_size=batch_size, description=description)
+    stats = run_encoder(ctx, backbone, gallery, writer, batch_size=batch_size, description=description, raw=raw)
     dim = writer.parts[0].shape[1] if writer.parts else 0
     feats = np.concatenate(writer.parts) if writer.parts else np.zeros((0, dim), np.float32)
     return Encoded(feats, stats.rows, stats.failures, stats.timings.as_dict())

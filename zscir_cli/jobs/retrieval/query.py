@@ -154,7 +154,13 @@ def run_query(ctx: Context, method: QueryMethod, loaded: LoadedIndex, ref: Refer
     if ref.arg.kind != ID and ref.row is not None:
         ctx.reporter.info(f"the reference is the indexed image {loaded.ids[ref.row]}: it is left out of the results")
     ref_tokens = None
-    if ref.arg.kind == ID and not method.needs_tokens:
+    if method.raw_reference:  # a released mapper: the feature before normalisation, which no index keeps
+        image = ref.image()
+        if image is None:
+            raise UserError(f"The gallery of index {loaded.artifact.key} is gone, so reference '{ref.name}' "
+                            f"cannot be re-read for {method.name}.", "Give the reference as an image file.")
+        ref_feat = backbone.encode_images(backbone.preprocess(image).unsqueeze(0), normalise=False).cpu().numpy()
+    elif ref.arg.kind == ID and not method.needs_tokens:
         ref_feat = np.asarray(loaded.features[ref.row:ref.row + 1], dtype=np.float32)  # type: ignore[operator]
     else:
         image = ref.image()
@@ -178,7 +184,7 @@ def run_query(ctx: Context, method: QueryMethod, loaded: LoadedIndex, ref: Refer
 def answer(ctx: Context, req: QueryRequest) -> QueryResult:
     """`zscir query REFERENCE TEXT`: everything the user typed checked before an index or a model
     is opened, then ranked (and, with `req.html`, a page written)."""
-    check_method(req.method)
+    check_method(req.method, req.weights)
     check_query_text(req.text or "", req.method)
     arg = reference_arg(req.reference or "")
     art, spec = index_and_model(ctx, req.model, req.pretrained, req.index)
@@ -186,14 +192,28 @@ def answer(ctx: Context, req: QueryRequest) -> QueryResult:
     ref = resolve(arg, loaded)  # an id the index lacks fails here, before the model loads
     if req.index is not None or req.model is not None or req.pretrained is not None:
         ctx.reporter.info(f"using index {art.key} ({art.description})")
-    qm = load_method(ctx, req.method, open_backbone(ctx, spec), req.run)
-    if qm.run is not None:
-        ctx.reporter.info(f"using {req.method} run {qm.run.key}")
+    qm = load_method(ctx, req.method, open_backbone(ctx, spec), req.run, req.weights)
+    say_method(ctx, qm, art)
     res = run_query(ctx, qm, loaded, ref, req.text or "", k=req.top_k)
     if req.html is not None:
         write_html([res], Path(req.html), title=f"zscir: {req.text}")
         ctx.reporter.info(f"wrote {req.html}")
     return res
+
+
+def say_method(ctx: Context, method: QueryMethod, index: Artifact) -> None:
+    """One line on the run or file behind the method, and one when the index read its images
+    otherwise than the method's release did."""
+    if method.run is not None:
+        ctx.reporter.info(f"using {method.name} run {method.run.key}")
+    if method.released is not None and method.weights is not None:
+        ctx.reporter.info(f"using released {method.released.release.title} weights {method.weights['name']}")
+        wanted = method.backbone.spec.preprocess
+        had = (index.manifest.get("model") or {}).get("preprocess", "clip")
+        if had != wanted:
+            ctx.reporter.info(f"index {index.key} read its images with {had} preprocessing; "
+                              f"{method.released.release.title} reads them with {wanted}: for its published setting, "
+                              f"index the gallery with 'zscir index ... --preprocess {wanted}'")
 
 
 def index_and_model(ctx: Context, model: str | None, pretrained: str | None,

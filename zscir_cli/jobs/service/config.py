@@ -40,4 +40,5 @@ class ServeRequest:
     host: str = "127.0.0.1"  # 127.0.0.1 keeps the service to this machine
     port: int = 8000  # 0: any free port
     max_upload_mb: float = 20.0  # the largest uploaded image
+    weights: list[str] = field(default_factory=list)  # METHOD=FILE: released mappers served beside the rest
     threads: ServeThreads = field(default_factory=ServeThreads)

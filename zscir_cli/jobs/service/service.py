@@ -25,16 +25,18 @@ from zscir_cli.data.pixels import ImageTooLarge, max_image_pixels
 from zscir_cli.jobs.backbones import open_backbone
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.retrieval.indexing import find_index
-from zscir_cli.jobs.retrieval.methods import METHODS, TRAINED, QueryMethod, load_method
+from zscir_cli.jobs.retrieval.methods import BASELINES, METHODS, TRAINED, QueryMethod, load_method
 from zscir_cli.jobs.retrieval.query import (
     LoadedIndex,
     QueryResult,
     load_index,
     resolve_query_index,
     run_query,
+    say_method,
     spec_of_index,
 )
 from zscir_cli.jobs.retrieval.references import ID, Reference, ReferenceArg, resolve, upload_arg
+from zscir_cli.jobs.retrieval.releases import parse_weights
 from zscir_cli.model.backbone import Backbone
 
 DEFAULT_METHODS = ("tscir", "stage1", "pic2word", "sum")  # the first one served is the default
@@ -129,6 +131,9 @@ class Service:
         name = name or self.default_method
         if name not in METHODS:
             raise ApiError(400, f"Unknown method '{name}'.", f"Choose one of: {', '.join(self.methods)}.")
+        if name not in self.methods and name not in TRAINED:
+            raise ApiError(400, f"Method '{name}' is a released mapper that this service was not started with.",
+                           f"Choose one of: {', '.join(self.methods)} (or restart it with --weights {name}=FILE).")
         if name not in self.methods:
             raise ApiError(400, f"Method '{name}' has no trained run for {self.backbone.spec.label()}.",
                            f"Choose one of: {', '.join(self.methods)} (or train it and restart the service).")
@@ -247,9 +252,12 @@ def _source(loaded: LoadedIndex) -> str:
     return str(loaded.artifact.manifest.get("gallery_source", {}).get("kind", "unknown"))
 
 
-def load_service(ctx: Context, index_refs: list[str] | None = None, limits: Limits | None = None) -> Service:
+def load_service(ctx: Context, index_refs: list[str] | None = None, limits: Limits | None = None,
+                 weights: list[str] | None = None) -> Service:
     """The indexes named (default: the newest in the cache), their model, and every method that
-    model has: baselines always, trained methods when a run exists for it."""
+    model has: baselines always, trained methods when a run exists for it, and the released
+    mappers of `weights` (METHOD=FILE)."""
+    released = parse_weights([], weights or [])  # checked before anything loads
     arts = [find_index(ctx, None, ref) for ref in index_refs] if index_refs else \
         [resolve_query_index(ctx, None, None)]
     models = {str(a.manifest.get("model")) for a in arts}
@@ -258,12 +266,15 @@ def load_service(ctx: Context, index_refs: list[str] | None = None, limits: Limi
                         "service serves one model.", "Start one service per model (with another --port).")
     backbone = open_backbone(ctx, spec_of_index(ctx, arts[0]))
     methods: dict[str, QueryMethod] = {}
-    for name in METHODS:
+    for name in BASELINES + TRAINED:
         try:
             methods[name] = load_method(ctx, name, backbone)
         except UserError:
             if name not in TRAINED:
                 raise
+    for name, source in released.items():
+        methods[name] = load_method(ctx, name, backbone, weights=source)
+        say_method(ctx, methods[name], arts[0])
     indexes: dict[str, LoadedIndex] = {}
     for art in arts:
         ctx.reporter.info(f"loading index {art.key} ({art.description})")
