@@ -128,10 +128,12 @@ def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str |
     has target captions (shapes). Also returns the first method's per-query outcome, for the
     worst-queries page."""
     check_scorable(suite)  # type: ignore[arg-type]
-    results, worst, index = [], None, []
+    results, worst, index, prompts = [], None, [], []
     for choice in methods:
         choice = choice if isinstance(choice, MethodChoice) else MethodChoice(choice)
         method = load_method(ctx, choice.name, backbone, choice.run, choice.weights)
+        if method.released is not None:
+            prompts.append(f"{method.released.release.prompt} ({choice.name}, released)")
         rankings = rank_split(ctx, method, suite, kind)
         index += [k for k in rankings.index if k not in index]
         metrics, groups = score_rankings(suite, rankings)
@@ -146,7 +148,7 @@ def evaluate(ctx: Context, backbone: Backbone, suite: Suite, methods: list[str |
         reference, rankings = target_caption_result(ctx, backbone, suite, kind)
         index += [k for k in rankings.index if k not in index]
     protocol = SHAPES_PROTOCOL if suite.name == "shapes" else PROTOCOLS[suite.name]
-    prompt = PROMPTS["shapes" if suite.name == "shapes" else "benchmark"]
+    prompt = "; ".join([PROMPTS["shapes" if suite.name == "shapes" else "benchmark"], *prompts])
     counts = {name: {g: len(rows) for g, rows in by.items()} for name, by in query_groups(suite).items()} \
         if suite.name == "shapes" else {}
     return Evaluation(suite.name, suite.dataset_key, suite.split, protocol,
