@@ -178,7 +178,7 @@ def test_synth_compose_train_and_query_end_to_end(cli, cache, tmp_path):
     assert len(metrics) == 2 and all(0 <= m["hit@1"] <= 1 for m in metrics)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["hard_negatives"] == 4 and manifest["stage1_run"] == res["stage1_run"]
-    assert manifest["triplets_file"] == {"name": "scene.jsonl", "sha256": file_sha256(scene)}  # no path: caches move
+    assert manifest["triplets_file"] == {"path": str(scene), "sha256": file_sha256(scene)}  # the path as given
     assert manifest["triplet_recipe"] == "scene"
     code, out, err = cli("index", "shapes", *TINY, "--cache-dir", cache, "--workers", "0")
     assert code == 0, err

@@ -165,8 +165,8 @@ def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifac
                      n_items=len(data), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
                      weight_decay=cfg.weight_decay,
                      extra_manifest={"method": "tscir", "stage1_run": s1.key, "stage1_tuned": cfg.tune_stage1,
-                                     # by name and content, not path: caches move
-                                     "triplets_file": {"name": Path(cfg.triplets).name, "sha256": sha},
+                                     # by content, with the path as the user gave it (relative stays relative)
+                                     "triplets_file": {"path": cfg.triplets, "sha256": sha},
                                      "triplet_recipe": triplet_recipe(data.rows), "triplets_skipped": skipped,
                                      "hard_negatives": cfg.hard_negatives})
 
