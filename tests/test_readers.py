@@ -99,6 +99,26 @@ def test_a_shard_caption_with_a_bom_and_a_repeated_key(cli, cache, tmp_path):
     assert train["caption"] == ["a red square", "blue"]
 
 
+@pytest.mark.parametrize("member, fault", [
+    (b"{not json", "a.json is not JSON"),
+    (b'["a red square"]', "a.json holds list, not an object with a 'caption'"),
+    (b'{"caption": 5}', "the caption of a.json is int, not text"),
+])
+def test_a_shard_caption_member_of_the_wrong_kind_is_named(cli, cache, tmp_path, member, fault):
+    """img2dataset's `.json` metadata holds the caption: one that is not JSON, or not text, is a
+    bad sample (named, or left out and counted with --skip-bad), never a silently missing caption;
+    a null caption is a missing one."""
+    _shard(tmp_path / "s" / "0.tar", [("a.png", _png_bytes("red")), ("a.json", member),
+                                      ("b.png", _png_bytes("blue")), ("b.json", b'{"caption": "blue"}'),
+                                      ("c.png", _png_bytes("green")), ("c.json", b'{"caption": null}')])
+    code, _, err = cli("prepare", "webdataset", tmp_path / "s", "--cache-dir", cache)
+    assert code == 2 and f"0.tar: a.png: {fault}" in " ".join(err.split()), err
+    code, out, err = cli("prepare", "webdataset", tmp_path / "s", "--skip-bad", "--json", "--cache-dir", cache)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["images"] == 1 and info["bad_images"] == 1  # b kept; a bad; c without a caption, skipped
+
+
 # -- JSONL files: triplets, queries, texts; prediction files -----------------------------------
 
 def test_triplet_and_query_files_with_a_bom_and_crlf_lines(tmp_path):

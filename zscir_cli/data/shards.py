@@ -59,6 +59,7 @@ class Sample:
     where: str  # how messages name it: shard path and member
     image: bytes | None  # the image member's bytes (None: the sample has no image)
     caption: str | None  # None: no caption member
+    fault: str | None = None  # why the sample cannot be used although it has an image (a bad caption member)
 
 
 def iter_tar(path: Path, name: str) -> Iterator[Sample]:
@@ -112,18 +113,23 @@ class ShardError(Exception):
 
 def _sample(path: Path, name: str, key: str, group: dict[str, bytes]) -> Sample:
     ext = next((e for e in IMAGE_EXTS if e in group), None)
-    caption = None
+    caption, fault = None, None
     if "txt" in group:
         caption = group["txt"].decode(ENCODING, errors="replace").strip()  # a BOM is no part of it
-    elif "json" in group:
+    elif "json" in group:  # img2dataset's metadata: a null caption is a missing one
         try:
-            meta = json.loads(group["json"])
-            if isinstance(meta, dict) and isinstance(meta.get("caption"), str):
-                caption = meta["caption"].strip()
-        except ValueError:
-            pass
+            meta = json.loads(group["json"].decode(ENCODING, errors="replace"))
+        except ValueError as e:
+            meta, fault = None, f"{key}.json is not JSON ({e})"
+        value = meta.get("caption") if isinstance(meta, dict) else None
+        if fault is None and not isinstance(meta, dict):
+            fault = f"{key}.json holds {type(meta).__name__}, not an object with a 'caption'"
+        elif isinstance(value, str):
+            caption = value.strip()
+        elif value is not None:
+            fault = f"the caption of {key}.json is {type(value).__name__}, not text"
     where = f"{path}: {key}.{ext or '*'}"
-    return Sample(f"{name}/{key}", where, group[ext] if ext else None, caption)
+    return Sample(f"{name}/{key}", where, group[ext] if ext else None, caption, fault)
 
 
 def check_image_bytes(data: bytes, what: str) -> str | None:

@@ -32,7 +32,7 @@ from zscir_cli.jobs.datasets.store import KIND
 
 NAMED = 100  # skipped samples listed in the manifest; the count covers them all
 WRITER_BATCH = 256  # rows the writer holds before it writes them out
-SKIP_HINT = "Fix or remove it, or pass --skip-bad to leave corrupt images out (they are counted)."
+SKIP_HINT = "Fix or remove it, or pass --skip-bad to leave such samples out (they are counted)."
 
 
 @dataclass
@@ -58,6 +58,7 @@ class Row:
     image: dict[str, Any] | None  # {"bytes": ...} or {"path": ...}; None: no image
     caption: str | None
     error: str | None = None  # why the image cannot be read
+    fault: str | None = None  # why the sample cannot be used otherwise (a bad caption member, a repeated key)
 
 
 def _rows(source: Iterator[Row], tally: Tally, *, skip_bad: bool, missing_caption: str) -> Iterator[dict]:
@@ -66,11 +67,12 @@ def _rows(source: Iterator[Row], tally: Tally, *, skip_bad: bool, missing_captio
             tally.no_image += 1
             tally.skip(row.where, "no image member")
             continue
-        if row.error is not None:
+        if row.error is not None or row.fault is not None:
             if not skip_bad:
-                raise UserError(f"{row.where} is not a readable image ({row.error}).", SKIP_HINT)
+                raise UserError(f"{row.where} is not a readable image ({row.error})." if row.error is not None
+                                else f"{row.where}: {row.fault}.", SKIP_HINT)
             tally.bad += 1
-            tally.skip(row.where, row.error)
+            tally.skip(row.where, row.error or row.fault)
             continue
         if row.caption is None:
             tally.uncaptioned += 1
@@ -168,11 +170,12 @@ def prepare_webdataset(ctx: Context, req: WebdatasetRequest) -> tuple[Artifact, 
                 try:
                     for s in shards.iter_tar(path, shard_name.removesuffix(".tar")):
                         err = shards.check_image_bytes(s.image, s.where) if s.image is not None else None
+                        fault = s.fault
                         if s.id in seen:  # two samples of one key in a shard: two images under one id
-                            err = "its key repeats the key of an earlier sample of the shard"
+                            fault = "its key repeats the key of an earlier sample of the shard"
                         seen.add(s.id)
                         yield Row(s.id, s.where, {"bytes": s.image, "path": None} if s.image is not None else None,
-                                  s.caption, err)
+                                  s.caption, err, fault)
                 except shards.ShardError as e:
                     if not skip_bad:
                         raise UserError(f"Shard {e.path} cannot be read to its end ({e.reason}).",
