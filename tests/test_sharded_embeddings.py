@@ -97,6 +97,8 @@ def test_rows_that_are_not_unit_length_are_normalised(cli, cache, tmp_path):
     ("zero", "img_emb_1.npy: row 3 (id '/data/images/01/00003.jpg') is all zeros"),
     ("id-in-part", "metadata_0.parquet: row 2 has id 'same', as row 1 of"),
     ("id-across", "metadata_1.parquet: row 0 has id '/data/images/00/00003.jpg', as row 3 of"),
+    ("truncated-npy", "img_emb_1.npy"),
+    ("truncated-parquet", "metadata_0.parquet"),
 ])
 def test_bad_parts_exit_2_naming_the_file(cli, cache, tmp_path, damage, message):
     root = tmp_path / "emb"
@@ -120,6 +122,9 @@ def test_bad_parts_exit_2_naming_the_file(cli, cache, tmp_path, damage, message)
         x[row, :] = 0.0 if damage == "zero" else x[row, :]
         x[row, 3] = value
         np.save(root / "img_emb" / f"img_emb_{part}.npy", x)
+    elif damage.startswith("truncated"):  # a copy cut short
+        path = root / ("img_emb/img_emb_1.npy" if damage == "truncated-npy" else "metadata/metadata_0.parquet")
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "id-in-part":
         pq.write_table(pa.table({"image_path": ["a", "same", "same", "d"]}), root / "metadata" / "metadata_0.parquet")
     elif damage == "id-across":
