@@ -91,16 +91,20 @@ def _wait_for_url(proc: subprocess.Popen, log: Path, timeout: float = 180) -> st
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path_factory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    # the browser's profile, caches and settings (dconf) stay in this test's own folder
+    home = tmp_path_factory.mktemp("browser-home")
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"),
+           "XDG_CONFIG_HOME": str(home / "config"), "XDG_DATA_HOME": str(home / "data")}
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000"):
+                "--window-size=1280,1000", f"--user-data-dir={home / 'profile'}"):
         opts.add_argument(arg)
     opts.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = webdriver.Chrome(service=Service(DRIVER, env=env), options=opts)
     try:
         yield driver
     finally:
