@@ -1,14 +1,126 @@
-"""What tests that run zscir in processes share: a prepared world, a folder of renders, one
-process against two under torchrun, and run metrics."""
+"""What tests that run zscir in processes share: zscir as a process of its own, a prepared world,
+a folder of renders, one process against two in a process group, and run metrics.
+
+A test that kills, pauses or races zscir, or runs it as two ranks of a process group, needs a
+process of its own; it need not pay for a fresh interpreter's imports (torch, OpenCLIP, faiss:
+seconds) each time. `Process` forks each command from a server that imported zscir's modules
+once and has run nothing (multiprocessing's forkserver: no thread pool is running when it forks,
+so a child cannot inherit a lock another thread held). The child is a real process: its own pid,
+killed by a real SIGKILL, its output in files. Where the launcher itself is what a test checks,
+`torchrun` starts the real one.
+"""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+
+# what the server imports once: every module a command under test runs
+PRELOAD = ("zscir_cli.cli.app", "zscir_cli.jobs.retrieval.build", "zscir_cli.jobs.training.stage1",
+           "zscir_cli.jobs.training.stage2", "zscir_cli.jobs.training.pretrain", "zscir_cli.jobs.cache",
+           "datasets")
+_server: multiprocessing.context.BaseContext | None = None
+
+
+def _context():
+    """The forkserver, started once per test process, with one compute thread (OpenMP reads it
+    when its library loads, in the server)."""
+    global _server
+    if _server is None:
+        from multiprocessing import forkserver
+
+        _server = multiprocessing.get_context("forkserver")
+        _server.set_forkserver_preload(list(PRELOAD))
+        before = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            forkserver.ensure_running()
+        finally:
+            if before is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = before
+    return _server
+
+
+def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
+    """A child: `zscir ARGV` as `python -m zscir_cli ARGV` runs it, its output in files."""
+    os.environ.update(env)
+    os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a fresh interpreter
+    import faiss
+    import torch
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    from zscir_cli.cli.app import run
+
+    code = run(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class Process:
+    """`zscir ARGS` in a process of its own (see the module's docstring); stdout and stderr go to
+    LOGS.out and LOGS.err, read back as they grow."""
+
+    def __init__(self, args: list[str], logs: Path, env: dict[str, str] | None = None):
+        self.out, self.err = Path(f"{logs}.out"), Path(f"{logs}.err")
+        self.started = time.monotonic()
+        self.proc = _context().Process(target=_main, args=(
+            [str(a) for a in args], {"OMP_NUM_THREADS": "1", **(env or {})}, os.getcwd(), str(self.out), str(self.err)))
+        self.proc.start()
+        self.pid = self.proc.pid
+
+    def wait(self, timeout: float = 300.0) -> int:
+        """The exit code, or -N for a process killed by signal N."""
+        self.proc.join(timeout)
+        if self.proc.exitcode is None:
+            self.proc.kill()
+            self.proc.join()
+            raise AssertionError(f"zscir did not finish in {timeout} s: {self.err_text()[-3000:]}")
+        self.seconds = time.monotonic() - self.started
+        return int(self.proc.exitcode)
+
+    def finished(self) -> bool:
+        return self.proc.exitcode is not None
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def out_text(self) -> str:
+        return self.out.read_text() if self.out.exists() else ""
+
+    def err_text(self) -> str:
+        return self.err.read_text() if self.err.exists() else ""
+
+    def wait_for(self, text: str, timeout: float = 240.0) -> None:
+        """Until `text` is on its stderr (failing if it exits first)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.err_text():
+            assert not self.finished(), f"exited {self.proc.exitcode}: {self.err_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no '{text}' in {timeout} s: {self.err_text()[-3000:]}"
+            time.sleep(0.02)
+
+    def result(self, timeout: float = 300.0) -> subprocess.CompletedProcess:
+        code = self.wait(timeout)
+        return subprocess.CompletedProcess(self.proc.name, code, self.out_text(), self.err_text())
 
 
 def free_port() -> int:
@@ -20,10 +132,31 @@ def free_port() -> int:
 
 def zscir(args: list[str], cache: Path, env: dict[str, str] | None = None,
           timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m zscir_cli ARGS --cache-dir CACHE` in a subprocess, one thread."""
-    return subprocess.run([sys.executable, "-m", "zscir_cli", *args, "--cache-dir", str(cache)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                          timeout=timeout, check=False)
+    """`zscir ARGS --cache-dir CACHE` in a process of its own, one thread."""
+    logs = Path(tempfile.mkdtemp(prefix="zscir-run-", dir=Path(cache).parent)) / "log"
+    return Process([*args, "--cache-dir", str(cache)], logs, env).result(timeout)
+
+
+def ranks(args: list[str], cache: Path, env: dict[str, str] | None = None, n: int = 2,
+          timeout: int = 300) -> subprocess.CompletedProcess:
+    """`zscir ARGS --cache-dir CACHE` as `n` processes of one process group, each with the
+    environment torchrun gives its workers (gloo, one thread each): rank 0's stdout, every
+    rank's stderr, the first non-zero exit code."""
+    base = Path(tempfile.mkdtemp(prefix="zscir-ranks-", dir=Path(cache).parent))
+    group = {"WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(free_port()), "GROUP_RANK": "0", **(env or {})}
+    procs = [Process([*args, "--cache-dir", str(cache)], base / f"rank{r}",
+                     {**group, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(n)]
+    deadline = time.monotonic() + timeout
+    while not all(p.finished() for p in procs):  # as torchrun: one rank failing stops the others
+        if any(p.finished() and p.proc.exitcode != 0 for p in procs) or time.monotonic() > deadline:
+            for p in procs:
+                if not p.finished():
+                    p.kill()
+        time.sleep(0.02)
+    codes = [p.wait(timeout) for p in procs]
+    return subprocess.CompletedProcess(args, next((c for c in codes if c != 0), 0), procs[0].out_text(),
+                                       "".join(p.err_text() for p in procs))
 
 
 def torchrun(args: list[str], cache: Path, env: dict[str, str] | None = None,
@@ -58,11 +191,11 @@ def rendered_gallery(root: Path, n: int, name: str = "img{i}.png") -> Path:
 
 
 def one_and_two_processes(args: list[str], single_cache: Path, ddp_cache: Path) -> tuple[dict, dict]:
-    """Run `zscir ARGS --json` in one process and under torchrun with two (gloo, one thread each);
-    returns both JSON results (only rank 0 prints)."""
+    """Run `zscir ARGS --json` in one process and as two ranks of a process group (gloo, one
+    thread each); returns both JSON results (only rank 0 prints)."""
     one = zscir(args, single_cache)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun(args, ddp_cache)
+    two = ranks(args, ddp_cache)
     assert two.returncode == 0, two.stderr[-3000:]
     return json.loads(one.stdout), json.loads(two.stdout)
 

@@ -314,7 +314,7 @@ def test_rm_never_removes_what_a_live_process_writes(cli, tmp_path):
 
 
 def test_unfinished_sharded_builds_are_listed_and_pruned_unless_live(cli, tmp_path):
-    """The parts a stopped `index --shards`/`torchrun` build left in `.parts/` show in `cache ls`
+    """The parts a stopped sharded (torchrun) build left in `.parts/` show in `cache ls`
     with how many parts were written; `rm --incomplete` removes them, but not a build a process
     (any rank) is working on."""
     for key, written in (("aaaa000011112222", 2), ("bbbb000011112222", 1)):

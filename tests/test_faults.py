@@ -1,23 +1,19 @@
 """Fault injection on `zscir index`: SIGKILL at every step of an artifact's write, then rerun;
 two identical commands at once; pruning the cache during a build.
 
-Each build runs as a real `python -m zscir_cli` process, killed with SIGKILL by a named point
+Each build runs as a process of its own (`runs.Process`), killed with SIGKILL by a named point
 (`core.faults`: the cache's write steps, the encoder's batches) or by a timer.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from runs import rendered_gallery
+from runs import Process, rendered_gallery
 
 from zscir_cli.core.cache import MANIFEST, TMP_DIR
 
@@ -32,40 +28,13 @@ def gallery(tmp_path_factory) -> Path:
     return rendered_gallery(tmp_path_factory.mktemp("faults") / "gallery", 10, "img{i}.png")
 
 
-class Child:
-    """`python -m zscir_cli ARGS` in a process of its own; stdout and stderr go to files.
-
-    A fresh interpreter, not a fork of this one: a fork of a process whose thread pools (torch,
-    faiss, Arrow) are running can deadlock in the child on a lock another thread held."""
-
-    def __init__(self, args: list[str], logs: Path, env: dict[str, str] | None = None,
-                 kill_at_batch: int | None = None):
-        self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-        if kill_at_batch is not None:  # the encoder's kill point, after that many batches are written
-            env["ZSCIR_KILL_AT"] = f"encode:batch@{kill_at_batch}"
-        self.started = time.monotonic()
-        with open(self.out, "w") as fo, open(self.err, "w") as fe:
-            self.proc = subprocess.Popen([sys.executable, "-m", "zscir_cli", *map(str, args)], stdout=fo,
-                                         stderr=fe, stdin=subprocess.DEVNULL, env=env)
-        self.pid = self.proc.pid
-
-    def wait(self, timeout: float = 180.0) -> int:
-        """The exit code, or -N for a process killed by signal N."""
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"zscir did not finish in {timeout} s: {self.err.read_text()}") from None
-        self.seconds = time.monotonic() - self.started
-        return code
-
-    def finished(self) -> bool:
-        return self.proc.poll() is not None
-
-    def kill(self) -> None:
-        self.proc.kill()
+def start(args: list[str], logs: Path, env: dict[str, str] | None = None, kill_at_batch: int | None = None) -> Process:
+    """`zscir ARGS` in a process of its own (`runs.Process`), killed by the encoder's kill point
+    after `kill_at_batch` batches are written when that is given."""
+    env = dict(env or {})
+    if kill_at_batch is not None:
+        env["ZSCIR_KILL_AT"] = f"encode:batch@{kill_at_batch}"
+    return Process(args, logs, env)
 
 
 def index_files(folder: Path) -> dict[str, bytes]:
@@ -76,7 +45,7 @@ def index_files(folder: Path) -> dict[str, bytes]:
 def reference(gallery, tmp_path_factory) -> dict:
     """An uninterrupted build: its key, its files' bytes and how long it took."""
     cache = tmp_path_factory.mktemp("reference") / "cache"
-    child = Child(["index", gallery, *ARGS, "--cache-dir", cache], cache.parent / "log")
+    child = start(["index", gallery, *ARGS, "--cache-dir", cache], cache.parent / "log")
     assert child.wait() == 0, child.err.read_text()
     key = child.out.read_text().split()[-1]
     return {"key": key, "files": index_files(cache / "index" / key), "seconds": child.seconds}
@@ -96,7 +65,7 @@ KILLS = [*[("point", p) for p in NAMED_POINTS], ("batch", KILL_BATCH), ("timer",
          ("timer", "+0.01"), ("timer", 0.3)]
 
 
-def _kill_by_timer(child: Child, cache: Path, when, seconds: float) -> None:
+def _kill_by_timer(child: Process, cache: Path, when, seconds: float) -> None:
     if isinstance(when, str):
         deadline = time.monotonic() + 120
         while not any((cache / TMP_DIR).glob("index-*/*")) and time.monotonic() < deadline:
@@ -114,7 +83,7 @@ def test_killed_index_build_then_rerun(cli, gallery, reference, tmp_path, how, w
     cache = tmp_path / "cache"
     command = ["index", gallery, *ARGS, "--cache-dir", cache]
     env = {"ZSCIR_KILL_AT": where} if how == "point" else {}
-    child = Child(command, tmp_path / "killed", env=env,
+    child = start(command, tmp_path / "killed", env=env,
                   kill_at_batch=where if how == "batch" else None)
     if how == "timer":
         _kill_by_timer(child, cache, where, reference["seconds"])
@@ -130,7 +99,7 @@ def test_killed_index_build_then_rerun(cli, gallery, reference, tmp_path, how, w
     assert sorted(e["path"] for e in listed) == sorted(str(p) for p in leftovers)
     assert not any(e["live"] for e in listed)  # its writer is dead
 
-    rerun = Child(command, tmp_path / "rerun")
+    rerun = start(command, tmp_path / "rerun")
     assert rerun.wait() == 0, rerun.err.read_text()
     assert rerun.out.read_text().split()[-1] == reference["key"]
     assert index_files(cache / "index" / reference["key"]) == reference["files"]  # byte-identical
@@ -142,7 +111,7 @@ def test_killed_index_build_then_rerun(cli, gallery, reference, tmp_path, how, w
 
 def test_rm_incomplete_removes_a_killed_write(cli, gallery, reference, tmp_path):
     cache = tmp_path / "cache"
-    child = Child(["index", gallery, *ARGS, "--cache-dir", cache], tmp_path / "killed",
+    child = start(["index", gallery, *ARGS, "--cache-dir", cache], tmp_path / "killed",
                   env={"ZSCIR_KILL_AT": "cache:before-rename"})
     assert child.wait() == -signal.SIGKILL
     (left,) = (cache / TMP_DIR).iterdir()
@@ -151,35 +120,6 @@ def test_rm_incomplete_removes_a_killed_write(cli, gallery, reference, tmp_path)
     assert left.is_dir()
     code, out, _ = cli("cache", "rm", "--incomplete", "--yes", "--cache-dir", cache)
     assert code == 0 and "removed incomplete write" in out and not left.exists()
-
-
-class Command:
-    """A real `python -m zscir_cli` process whose stderr is collected as it comes."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "zscir_cli", *map(str, args)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
-        self.err_text = ""
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.err_text += line
-
-    def wait_for(self, text: str, timeout: float = 240.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.err_text:
-            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.err_text}"
-            assert time.monotonic() < deadline, f"no '{text}' in {timeout} s: {self.err_text}"
-            time.sleep(0.05)
-
-    def finish(self, timeout: float = 240.0) -> tuple[int, str]:
-        out = self.proc.stdout.read()
-        self.proc.wait(timeout=timeout)
-        self.reader.join(timeout=10)
-        return self.proc.returncode, out
 
 
 def _wait_file(path: Path, timeout: float = 240.0) -> None:
@@ -194,7 +134,8 @@ def test_two_identical_index_commands_and_rm_during_the_build(cli, gallery, refe
     cache, release = tmp_path / "cache", tmp_path / "release"
     command = ["index", gallery, *ARGS, "--cache-dir", cache]
     # the first stands still with its artifact written but not yet published, its lock held
-    first = Command(command, {"ZSCIR_PAUSE_AT": "cache:before-rename", "ZSCIR_PAUSE_RELEASE": str(release)})
+    first = Process(command, tmp_path / "first", {"ZSCIR_PAUSE_AT": "cache:before-rename",
+                                                   "ZSCIR_PAUSE_RELEASE": str(release)})
     second = None
     try:
         _wait_file(release.with_name("release.reached"))
@@ -204,17 +145,16 @@ def test_two_identical_index_commands_and_rm_during_the_build(cli, gallery, refe
             [(reference["key"], True)]
         code, out, err = cli("cache", "rm", "--incomplete", "--all", "--yes", "--cache-dir", cache)
         assert code == 0 and building.is_dir() and "removed" not in out
-        assert f"kept incomplete write index/{reference['key']}" in err and f"pid {first.proc.pid}" in err
+        assert f"kept incomplete write index/{reference['key']}" in err and f"pid {first.pid}" in err
 
-        second = Command(command)
-        second.wait_for(f"waiting for pid {first.proc.pid}")
+        second = Process(command, tmp_path / "second")
+        second.wait_for(f"waiting for pid {first.pid}")
     finally:
         release.touch()
-    code1, out1 = first.finish()
-    code2, out2 = second.finish()
-    assert code1 == 0 and code2 == 0, first.err_text + second.err_text
-    assert out1.split()[-1] == out2.split()[-1] == reference["key"]
-    assert "built index" in first.err_text and "already built" in second.err_text
+    code1, code2 = first.wait(), second.wait()  # type: ignore[union-attr]
+    assert code1 == 0 and code2 == 0, first.err_text() + second.err_text()  # type: ignore[union-attr]
+    assert first.out_text().split()[-1] == second.out_text().split()[-1] == reference["key"]  # type: ignore[union-attr]
+    assert "built index" in first.err_text() and "already built" in second.err_text()  # type: ignore[union-attr]
     assert [p.name for p in (cache / "index").iterdir()] == [reference["key"]]
     assert index_files(cache / "index" / reference["key"]) == reference["files"]
     assert list((cache / TMP_DIR).iterdir()) == []
@@ -235,7 +175,7 @@ def test_interrupted_runs_in_ls_and_rm(cli, tmp_path):
 
     cache, release = tmp_path / "cache", tmp_path / "release"
     prepare_shapes(Context(store=ArtifactStore(cache)), WorldConfig(train_pairs=8, val_pairs=6, cir_queries=6))
-    killed = Child([*PRETRAIN, "--cache-dir", cache], tmp_path / "killed",
+    killed = start([*PRETRAIN, "--cache-dir", cache], tmp_path / "killed",
                    env={"ZSCIR_KILL_AT": "train:epoch-end@2"})
     assert killed.wait() == -signal.SIGKILL, killed.err.read_text()
     code, out, _ = cli("cache", "ls", "--cache-dir", cache)
@@ -243,7 +183,7 @@ def test_interrupted_runs_in_ls_and_rm(cli, tmp_path):
     assert "rerun the same 'zscir pretrain' command with --resume" in out
     (dead,) = (cache / ".partial").iterdir()
 
-    live = Child([*PRETRAIN, "--cache-dir", cache, "--seed", "1"], tmp_path / "live",
+    live = start([*PRETRAIN, "--cache-dir", cache, "--seed", "1"], tmp_path / "live",
                  env={"ZSCIR_PAUSE_AT": "train:epoch-end", "ZSCIR_PAUSE_RELEASE": str(release)})
     try:
         _wait_file(release.with_name("release.reached"))

@@ -4,16 +4,13 @@ runs at once. Subprocesses, each killed by its own kill point (core/faults.py)."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from runs import prepared_world, zscir
+from runs import Process, prepared_world, zscir
 from safetensors.torch import load_file
 
 from zscir_cli.core.cache import ArtifactStore
@@ -70,26 +67,20 @@ def test_two_identical_runs_at_once_train_once(world, uninterrupted, tmp_path):
     """The first is paused (SIGSTOP) while it holds the run's lock, until the second says it waits."""
     cache = tmp_path / "cache"
     shutil.copytree(world, cache)
-    args = [sys.executable, "-m", "zscir_cli", *ARGS, "--cache-dir", str(cache)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    args = [*ARGS, "--cache-dir", str(cache)]
+    first = Process(args, tmp_path / "first")
     deadline = time.time() + 120
-    while not (cache / ".partial").is_dir() and first.poll() is None and time.time() < deadline:
+    while not (cache / ".partial").is_dir() and not first.finished() and time.time() < deadline:
         time.sleep(0.02)  # its partial folder exists once it holds the lock
     first.send_signal(signal.SIGSTOP)
     try:
-        second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        err2 = []
-        for line in second.stderr:  # until it waits (or ends without waiting: then the test fails)
-            err2.append(line)
-            if "waiting for pid" in line:
-                break
+        second = Process(args, tmp_path / "second")
+        second.wait_for("waiting for pid")  # (or it ends without waiting: then the test fails)
     finally:
         first.send_signal(signal.SIGCONT)
-    out1, err1 = first.communicate(timeout=300)
-    out2, rest = second.communicate(timeout=300)
-    assert first.returncode == 0, err1[-3000:]
-    assert second.returncode == 0, rest[-3000:]
+    assert first.wait() == 0, first.err_text()[-3000:]
+    assert second.wait() == 0, second.err_text()[-3000:]
+    out1, out2, err2 = first.out_text(), second.out_text(), second.err_text().splitlines()
     assert any(f"waiting for pid {first.pid}" in line for line in err2)
     r1, r2 = json.loads(out1), json.loads(out2)
     assert r1["key"] == r2["key"] and r1["built"] and not r2["built"]

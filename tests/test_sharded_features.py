@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from runs import prepared_world, torchrun, zscir
+from runs import prepared_world, ranks, zscir
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.core.errors import UserError
@@ -57,7 +57,7 @@ def _assert_same_features(cache: Path, single: Path) -> None:
 def test_two_processes_encode_parts_into_the_one_process_features(world, single, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(world, cache)
-    res = torchrun(ARGS, cache)
+    res = ranks(ARGS, cache)
     assert res.returncode == 0, res.stderr[-3000:]
     _assert_same_features(cache, single)
     key = _train_key(cache)
@@ -72,14 +72,14 @@ def test_two_processes_encode_parts_into_the_one_process_features(world, single,
 def test_a_kill_after_a_part_then_a_rerun_reuses_the_written_parts(world, single, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(world, cache)
-    killed = torchrun(ARGS, cache, {"ZSCIR_KILL_AT": "features:after-part"})
+    killed = ranks(ARGS, cache, {"ZSCIR_KILL_AT": "features:after-part"})
     assert killed.returncode != 0
     folders = list((cache / ".parts").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("features-")
     written = sorted(p.name for p in (folders[0] / "log").glob("part_*.json"))
     assert 1 <= len(written) < 4 and "part_0.json" in written  # rank 0 died after its first part
     assert not (cache / "features").is_dir() or not _features(cache)
-    res = torchrun(ARGS, cache)
+    res = ranks(ARGS, cache)
     assert res.returncode == 0, res.stderr[-3000:]
     n = len(written)
     assert f"resuming: {n} of 4 parts are already written" in res.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runs import rendered_gallery, torchrun, zscir
+from runs import ranks, rendered_gallery, torchrun, zscir
 
 MODEL = ["--model", "zscir-tiny-vit", "--pretrained", "none"]
 # batch 4 and parts of 8 images: 40 images make 5 parts, dealt to 2 processes as 0,2,4 / 1,3
@@ -60,13 +60,13 @@ def test_two_processes_write_parts_and_the_same_index(gallery, single, tmp_path)
     paths = [v for m in metas for v in pq.read_table(m).column("image_path").to_pylist()]
     assert paths == [str(gallery / i) for i in ids1]
     assert not any((tmp_path / "cache" / ".parts").iterdir())  # moved into the index, nothing left
-    again = torchrun(["index", str(gallery), *ARGS], tmp_path / "cache")
+    again = ranks(["index", str(gallery), *ARGS], tmp_path / "cache")
     assert again.returncode == 0 and json.loads(again.stdout)["built"] is False
 
 
 def test_a_killed_run_resumes_and_skips_written_parts(gallery, single, tmp_path):
     cache = tmp_path / "cache"
-    killed = torchrun(["index", str(gallery), *ARGS], cache, env={"ZSCIR_KILL_AT": "index:after-part"})
+    killed = ranks(["index", str(gallery), *ARGS], cache, env={"ZSCIR_KILL_AT": "index:after-part"})
     assert killed.returncode != 0
     assert not (cache / "index").is_dir() or not any((cache / "index").iterdir())
     (parts_dir,) = (cache / ".parts").iterdir()
@@ -74,7 +74,7 @@ def test_a_killed_run_resumes_and_skips_written_parts(gallery, single, tmp_path)
     written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (parts_dir / "img_emb").glob("*.npy")
                if (parts_dir / "log" / f"part_{p.stem.removeprefix('img_emb_')}.json").is_file()}
     assert 1 <= len(written) <= 2  # each process wrote one part before its kill (or was stopped first)
-    res = torchrun(["index", str(gallery), *ARGS], cache)
+    res = ranks(["index", str(gallery), *ARGS], cache)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads(res.stdout)
     assert info["parts_reused"] == len(written) and info["built"] is True
