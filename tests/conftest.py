@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,47 @@ def pytest_sessionfinish(session, exitstatus):
     if written:
         session.exitstatus = 1
         print(f"\ntests wrote outside their temporary folders: {', '.join(written[:10])}")
+
+
+@dataclass(frozen=True)
+class QuickDemo:
+    """`zscir demo --quick --cache-dir CACHE --html PAGE`, run once per test session: what it
+    printed, its cache and page. A test that writes to the cache works on `copy()`."""
+
+    cache: Path
+    page: Path
+    out: str
+    err: str
+
+    def copy(self, dst: Path) -> Path:
+        shutil.copytree(self.cache, dst, symlinks=True)
+        return dst
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory, request) -> QuickDemo:
+    """One quick demo for the whole run: built by the first test process that asks (pytest-xdist's
+    workers share the run's base folder and wait on its lock), read back by the others."""
+    from filelock import FileLock
+
+    from zscir_cli.cli.app import run
+
+    shared = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):  # an xdist worker: its base folder is one per worker
+        shared = shared.parent
+    root = shared / "quick-demo"
+    with FileLock(str(shared / "quick-demo.lock")):
+        if not (root / "code").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = run(["demo", "--quick", "--cache-dir", str(root / "cache"), "--html", str(root / "demo.html")])
+            (root / "out").write_text(out.getvalue())
+            (root / "err").write_text(err.getvalue())
+            (root / "code").write_text(str(code))
+    assert (root / "code").read_text() == "0", (root / "err").read_text()[-3000:]
+    return QuickDemo(root / "cache", root / "demo.html", (root / "out").read_text(), (root / "err").read_text())
 
 
 @pytest.fixture

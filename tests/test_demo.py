@@ -6,10 +6,9 @@ import json
 import re
 
 
-def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
-    cache, page = tmp_path / "cache", tmp_path / "demo.html"
-    code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", page)
-    assert code == 0, err
+def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path, quick_demo):
+    out, page = quick_demo.out, quick_demo.page
+    cache = quick_demo.copy(tmp_path / "cache")  # the demo's cache, moved: reused from where it is
     for method in ("image", "text", "sum", "pic2word", "stage1", "tscir"):
         assert f"│ {method}" in out
     assert "R@1" in out and "mAP@10" in out and "not of any public benchmark" in out
@@ -25,8 +24,10 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path):
     triplets = next((cache / "triplets").iterdir())
     rows = [json.loads(x) for x in (triplets / "triplets.jsonl").read_text().splitlines()]
     assert rows and {r["recipe"] for r in rows} == {"template/content"}
+    stage2 = json.loads(next((cache / "stage2").glob("*/manifest.json")).read_text())
+    assert stage2["triplets_file"]["artifact"] == f"triplets/{triplets.name}"  # by key, not by a path
 
-    code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", page, "--json")
+    code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", tmp_path / "again.html", "--json")
     assert code == 0, err
     res = json.loads(out)
     assert sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json")) == kinds  # nothing rebuilt

@@ -165,10 +165,19 @@ def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifac
                      n_items=len(data), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
                      weight_decay=cfg.weight_decay,
                      extra_manifest={"method": "tscir", "stage1_run": s1.key, "stage1_tuned": cfg.tune_stage1,
-                                     # by content, with the path as the user gave it (relative stays relative)
-                                     "triplets_file": {"path": cfg.triplets, "sha256": sha},
+                                     "triplets_file": triplet_source(ctx, cfg.triplets, sha),
                                      "triplet_recipe": triplet_recipe(data.rows), "triplets_skipped": skipped,
                                      "hard_negatives": cfg.hard_negatives})
+
+
+def triplet_source(ctx: Context, path: str, sha: str) -> dict:
+    """How a run names its triplet file: a triplets artifact of this cache by its key (so a copied
+    cache names nothing outside itself), a user's file by its sha256 and the path as given
+    (relative stays relative)."""
+    file = Path(path).resolve()
+    if file.name == "triplets.jsonl" and file.parent.parent == (ctx.store.root / "triplets").resolve():
+        return {"artifact": f"triplets/{file.parent.name}", "sha256": sha}
+    return {"path": path, "sha256": sha}
 
 
 def triplet_recipe(rows: list[dict]) -> str:
