@@ -5,8 +5,9 @@ A neighbour is its own process running continuous torch matrix products (1024 x 
 torch's default threads and no sleeps, as a training job would. Scenarios, each for several
 rounds, neighbours started 2 s before a round and killed after it: quiet, beside one neighbour,
 beside two, quiet again. A round: 20 sequential id queries over one keep-alive connection (p50),
-then 8 clients x 10 requests (requests/s). Then `zscir query --queries` over 50 lines, quiet and
-beside one neighbour (the whole command's wall seconds, twice each).
+then 8 clients x 10 requests (requests/s). Then `zscir query --queries` over 50 lines and `zscir
+eval shapes --split test`, quiet and beside one neighbour (the whole command's wall seconds, twice
+each).
 
 Targets beside one neighbour, in every round: p50 <= 2.5x the quiet p50 and 8-client throughput
 >= 0.4x the quiet throughput; batch queries <= 2.5x their quiet time. Every figure is printed with
@@ -64,6 +65,15 @@ def batch_seconds(cache: Path, key: str, method: str, queries: list[tuple[str, s
     return time.perf_counter() - start
 
 
+def eval_seconds(cache: Path) -> float:
+    """`zscir eval shapes --split test` on the demo's index: every method, the whole command."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "zscir_cli", "eval", "shapes", "--split", "test", "--cache-dir",
+                          str(cache), "--device", "cpu", "--json"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return time.perf_counter() - start
+
+
 def serve_rounds(cache: Path, key: str, method: str, queries, rounds: int, extra: list[str], tmp: Path) -> list[dict]:
     proc, port = start_server(cache, key, tmp / "serve.log", extra)
     rows = []
@@ -99,20 +109,26 @@ def report(label: str, rows: list[dict]) -> bool:
     return ok
 
 
-def run(cache: Path, key: str, method: str, queries, rounds: int, compare: bool, tmp: Path) -> None:
+def run(cache: Path, key: str, method: str, queries, rounds: int, compare: bool, tmp: Path,
+        parts: set[str] = frozenset({"serve", "batch", "eval"})) -> None:
     configs = [("zscir's serving defaults", [])]
     if compare:
         configs.append(("earlier threading (--threads 0 --wait-policy active)", ["--threads", "0", "--wait-policy",
                                                                                  "active"]))
-    for label, extra in configs:
+    for label, extra in configs if "serve" in parts else []:
         report(label, serve_rounds(cache, key, method, queries, rounds, extra, tmp))
-    times = {"quiet": [], "1 neighbour": []}
-    for name, n in (("quiet", 0), ("1 neighbour", 1), ("quiet", 0), ("1 neighbour", 1)):
-        procs = neighbours(n)
-        try:
-            times[name].append(batch_seconds(cache, key, method, queries, tmp))
-        finally:
-            stop(procs)
-    quiet, busy = statistics.median(times["quiet"]), statistics.median(times["1 neighbour"])
-    print(f"\nzscir query --queries (50 lines, the whole command): quiet {quiet:.1f} s, beside one neighbour "
-          f"{busy:.1f} s, {busy / quiet:.2f}x (target <= 2.5x)")
+    commands = {"batch": ("zscir query --queries (50 lines, the whole command)",
+                          lambda: batch_seconds(cache, key, method, queries, tmp)),
+                "eval": ("zscir eval shapes --split test (every method, the whole command)",
+                         lambda: eval_seconds(cache))}
+    for label, measure in (commands[p] for p in ("batch", "eval") if p in parts):
+        times = {"quiet": [], "1 neighbour": []}
+        for name, n in (("quiet", 0), ("1 neighbour", 1), ("quiet", 0), ("1 neighbour", 1)):
+            procs = neighbours(n)
+            try:
+                times[name].append(measure())
+            finally:
+                stop(procs)
+        quiet, busy = statistics.median(times["quiet"]), statistics.median(times["1 neighbour"])
+        print(f"\n{label}: quiet {quiet:.1f} s, beside one neighbour {busy:.1f} s, {busy / quiet:.2f}x "
+              "(target <= 2.5x)")

@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--cotenant", action="store_true",
                     help="instead: the service quiet and beside 1 and 2 busy torch processes (cotenant.py)")
     ap.add_argument("--rounds", type=int, default=3, help="--cotenant: rounds of each scenario")
+    ap.add_argument("--parts", default="serve,batch,eval",
+                    help="--cotenant: what to measure, of serve,batch,eval")
     ap.add_argument("--compare", action="store_true",
                     help="--cotenant: also the threading of earlier versions (--threads 0 --wait-policy active)")
     args = ap.parse_args()
@@ -184,7 +186,7 @@ def main() -> None:
         if args.cotenant:
             from cotenant import run as cotenant
 
-            cotenant(cache, key, method, queries, args.rounds, args.compare, Path(tmp))
+            cotenant(cache, key, method, queries, args.rounds, args.compare, Path(tmp), set(args.parts.split(",")))
             return
         from zscir_cli.core.cache import ArtifactStore
         from zscir_cli.jobs.context import Context

@@ -18,12 +18,22 @@ os.environ.pop("ZSCIR_DEBUG", None)
 # No test may write outside its temporary folders: the default cache (a command without
 # --cache-dir) and ~/.cache point into a folder of this process's own, and the session fails if
 # anything was written there.
-_OUTSIDE = Path(tempfile.mkdtemp(prefix="zscir-tests-outside-"))
+# pytest-xdist's workers inherit the folder from the process that started them, which checks it
+_OUTSIDE = Path(os.environ.setdefault("ZSCIR_TESTS_OUTSIDE", tempfile.mkdtemp(prefix="zscir-tests-outside-")))
 os.environ["ZSCIR_HOME"] = str(_OUTSIDE / "zscir")
 os.environ["XDG_CACHE_HOME"] = str(_OUTSIDE / "xdg-cache")
 
 
+# pytest-xdist's workers share the cores: each computes on its share (OpenMP reads this when torch
+# loads, after this file), so that two workers do not spin four threads on two cores
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+
 def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the controlling process checks, once every worker has finished
     written = sorted(str(p.relative_to(_OUTSIDE)) for p in _OUTSIDE.rglob("*") if p.is_file())
     shutil.rmtree(_OUTSIDE, ignore_errors=True)
     if written:

@@ -41,13 +41,22 @@ def _same(a: dict, b: dict) -> None:
         assert (v == b[k]).all(), k
 
 
-@pytest.mark.slow
-def test_pretrain_stopped_then_resumed_equals_uninterrupted(world, tmp_path):
+@pytest.fixture(scope="module")
+def full(world, tmp_path_factory):
+    """The uninterrupted run that the stopped and failed ones are held against."""
     from zscir_cli.jobs.training.config import PretrainConfig
     from zscir_cli.jobs.training.pretrain import pretrain
 
-    full, built = pretrain(_ctx(_cache(world, tmp_path / "a")), PretrainConfig(**CFG))
-    assert built and full.manifest["eval"]["val_images"] == 6
+    art, built = pretrain(_ctx(_cache(world, tmp_path_factory.mktemp("full") / "a")), PretrainConfig(**CFG))
+    assert built and art.manifest["eval"]["val_images"] == 6
+    return art
+
+
+@pytest.mark.slow
+def test_pretrain_stopped_then_resumed_equals_uninterrupted(world, full, tmp_path):
+    from zscir_cli.jobs.training.config import PretrainConfig
+    from zscir_cli.jobs.training.pretrain import pretrain
+
     assert [r["step"] for r in read_metrics(full.path / "metrics.jsonl")] == [0, 5]
     cache = _cache(world, tmp_path / "b")
     art, built = pretrain(_ctx(cache), PretrainConfig(**CFG), stop_after_epoch=1)  # Ctrl-C after epoch 1
@@ -63,10 +72,9 @@ def test_pretrain_stopped_then_resumed_equals_uninterrupted(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_evaluation_keeps_the_training(world, tmp_path, monkeypatch):
+def test_failed_evaluation_keeps_the_training(world, full, tmp_path, monkeypatch):
     from zscir_cli.jobs.training import pretrain as P
 
-    full, _ = P.pretrain(_ctx(_cache(world, tmp_path / "a")), P.PretrainConfig(**CFG))
     cache = _cache(world, tmp_path / "b")
     real = P.evaluate_backbone
 

@@ -74,3 +74,14 @@ def test_unknown_wait_policy_is_refused(cli, tmp_path):
     code, _, err = cli("serve", "--wait-policy", "spin", "--cache-dir", tmp_path / "cache")
     assert code == 2
     assert "Unknown --wait-policy 'spin'" in err and "passive or active" in err
+
+
+def test_query_lets_idle_openmp_threads_sleep_unless_told_otherwise(cli, monkeypatch, tmp_path):
+    """`zscir query` (many small forward passes) sets OMP_WAIT_POLICY before torch loads in its
+    process; a value the user set wins."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    code, _, _ = cli("query", "--cache-dir", tmp_path / "cache")  # refused (no reference): after the setting
+    assert code == 2 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cli("query", "--cache-dir", tmp_path / "cache")
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

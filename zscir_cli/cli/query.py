@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,6 +46,10 @@ def query(
     cache_dir: CacheDir = None,
 ) -> None:
     """Find the gallery images that show REFERENCE changed as TEXT says."""
+    # a query is small forward passes: OpenMP's idle threads sleep rather than spin against other
+    # work on the machine (read when torch first loads, below; a value the user set wins; the
+    # results are the same). Thread counts stay the libraries' own.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if queries is not None and (html is not None or json_out):
         raise UserError("--queries writes JSON lines on stdout; --html and --json go with a single query.",
                         "Leave out --html/--json, or query one REFERENCE TEXT at a time.")

@@ -44,7 +44,7 @@ _registered = False
 class BackboneError(ValueError):
     """A model that cannot be built from what was named.
 
-    `kind` says which fix applies (the pipeline turns it into advice): unknown_model,
+    `kind` says which fix applies (`jobs.backbones` turns it into advice): unknown_model,
     unknown_tag, missing_file, local_dir, bad_file, unreachable, mismatch. `subject` is the
     name, tag or path at fault; `choices` the valid alternatives, when there are some.
     """

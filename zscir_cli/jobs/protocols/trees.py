@@ -1,5 +1,5 @@
 """The public benchmarks' trees: prepare (validate, count what is missing) and open a prepared
-split. Ranking is in `pipeline.evaluate`, metrics and prediction files in `pipeline.bench_files`.
+split. Ranking is in `protocols.ranking`, metrics and prediction files in `protocols.predictions`.
 Nothing here imports torch: `zscir prepare` and `zscir score` start in a fraction of a second."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Computed once per (model, image source, grid) and stored as fp16 `.npy` files that training
 memory-maps, so no epoch and no later run ever runs the image encoder again. Image features come
-from the one encoding pass of `pipeline.galleries` (shared with the index).
+from the one encoding pass of `retrieval.encodings` (shared with the index).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Why our loop rather than `open_clip_train`: on this kind of machine (2 CPU cores) it was about
 30% faster, needs no webdataset shards, and runs under torchrun on the CPU; OpenCLIP's model
 classes and `ClipLoss` are used as they are, so the result is an ordinary OpenCLIP checkpoint.
-The loop is the one both stages use (`pipeline/training.py`): per-epoch checkpoints ("epochs"
+The loop is the one both stages use (`jobs/training/loop.py`): per-epoch checkpoints ("epochs"
 of `steps_per_epoch` steps), `--resume`, torchrun, a lock per run.
 
 Images are rendered on the fly from the world's pretraining stream (`shapes.pretrain_batch`:
