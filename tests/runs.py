@@ -59,6 +59,9 @@ def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) ->
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a fresh interpreter
+    # and the platform's start method for the processes it starts (DataLoader workers), not the
+    # forkserver it came from: a worker through the forkserver costs seconds, a fork milliseconds
+    multiprocessing.set_start_method(None, force=True)
     import faiss
     import torch
 
