@@ -42,7 +42,7 @@ LAYOUT = "layout.json"  # how the rows were cut: a rerun cut another way starts 
 LOGS = "log"  # one log per written part, written last
 TMP = "tmp"  # files being written, renamed into place when whole
 FAILED = "failed.json"  # rank 0's user error, for the ranks that wait for the artifact
-POLL_S = 0.5
+POLL_S = 0.1  # seconds between looks at the parts folder (a few stat calls)
 
 
 def parts_folder(root: Path, kind: str, key: str) -> Path:
