@@ -25,8 +25,9 @@ a rerun only evaluates.
 
     python benchmarks/claims.py --split val --seeds 0 1 --cache-root DIR        # choosing settings
     python benchmarks/claims.py --split test --seeds 10 11 12 --cache-root DIR   # the reported tables
+    python benchmarks/claims.py --split test --from-json s10.json s11.json ...   # seeds run apart
 
-A cold seed takes about 20 minutes on 2 cores.
+A cold seed takes about 40 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -221,13 +222,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", choices=("val", "test"), required=True,
                     help="val to choose settings, test once for the reported tables")
-    ap.add_argument("--seeds", type=int, nargs="+", required=True)
-    ap.add_argument("--cache-root", required=True, help="one cache per seed: ROOT/seed-S")
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--cache-root", help="one cache per seed: ROOT/seed-S")
     ap.add_argument("--ablation", action="append", default=[], metavar='NAME="FLAGS"',
                     help="an extra Stage II run with these compose-train flags (@words, @scene or @all among "
                          "them: on those triplets)")
     ap.add_argument("--json", type=Path, help="write every number here")
+    ap.add_argument("--from-json", type=Path, nargs="+", metavar="FILE",
+                    help="instead of running: the tables of seeds run apart (each FILE written by --json)")
     args = ap.parse_args()
+    if args.from_json:
+        per_seed = {}
+        for f in args.from_json:
+            per_seed.update(json.loads(f.read_text()))
+        print(report(per_seed, args.split, sys.argv[1:]))
+        return
+    if not args.seeds or not args.cache_root:
+        ap.error("--seeds and --cache-root are required (or --from-json)")
     ablations = {}
     for a in args.ablation:
         name, _, flags = a.partition("=")

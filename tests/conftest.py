@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,12 @@ os.environ.pop("ZSCIR_DEBUG", None)
 # --cache-dir) and ~/.cache point into a folder of this process's own, and the session fails if
 # anything was written there.
 # pytest-xdist's workers inherit the folder from the process that started them, which checks it
-_OUTSIDE = Path(os.environ.setdefault("ZSCIR_TESTS_OUTSIDE", tempfile.mkdtemp(prefix="zscir-tests-outside-")))
+_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if not _WORKER:
+    os.environ["ZSCIR_TESTS_OUTSIDE"] = tempfile.mkdtemp(prefix="zscir-tests-outside-")
+_OUTSIDE = Path(os.environ["ZSCIR_TESTS_OUTSIDE"])
+# nor in the folder the tests run from (a command's default output file, e.g. zscir-demo.html)
+_CWD, _IN_CWD = Path.cwd(), set(os.listdir())
 os.environ["ZSCIR_HOME"] = str(_OUTSIDE / "zscir")
 os.environ["XDG_CACHE_HOME"] = str(_OUTSIDE / "xdg-cache")
 
@@ -28,14 +34,16 @@ os.environ["XDG_CACHE_HOME"] = str(_OUTSIDE / "xdg-cache")
 # loads, after this file), so that two workers do not spin four threads on two cores
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if _WORKER:
         return  # the controlling process checks, once every worker has finished
     written = sorted(str(p.relative_to(_OUTSIDE)) for p in _OUTSIDE.rglob("*") if p.is_file())
     shutil.rmtree(_OUTSIDE, ignore_errors=True)
+    written += sorted(str(_CWD / name) for name in set(os.listdir(_CWD)) - _IN_CWD
+                      if not name.startswith(".") and name != "__pycache__")
     if written:
         session.exitstatus = 1
         print(f"\ntests wrote outside their temporary folders: {', '.join(written[:10])}")
@@ -50,6 +58,7 @@ class QuickDemo:
     page: Path
     out: str
     err: str
+    built_at: str  # where it was built, before it was moved to `cache`
 
     def copy(self, dst: Path) -> Path:
         shutil.copytree(self.cache, dst, symlinks=True)
@@ -71,15 +80,26 @@ def quick_demo(tmp_path_factory, request) -> QuickDemo:
     with FileLock(str(shared / "quick-demo.lock")):
         if not (root / "code").is_file():
             shutil.rmtree(root, ignore_errors=True)
-            root.mkdir()
+            # built under another name, then moved: a path into the build would dangle in every test
+            build = shared / "quick-demo-build"
+            shutil.rmtree(build, ignore_errors=True)
+            build.mkdir()
             out, err = io.StringIO(), io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = run(["demo", "--quick", "--cache-dir", str(root / "cache"), "--html", str(root / "demo.html")])
-            (root / "out").write_text(out.getvalue())
-            (root / "err").write_text(err.getvalue())
-            (root / "code").write_text(str(code))
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    code = run(["demo", "--quick", "--cache-dir", str(build / "cache"), "--html",
+                                str(build / "demo.html")])
+            except BaseException:  # recorded once, for every test that asks, then raised
+                err.write(traceback.format_exc())
+                code = 1
+            (build / "out").write_text(out.getvalue())
+            (build / "err").write_text(err.getvalue())
+            (build / "built-at").write_text(str(build / "cache"))
+            (build / "code").write_text(str(code))
+            build.rename(root)
     assert (root / "code").read_text() == "0", (root / "err").read_text()[-3000:]
-    return QuickDemo(root / "cache", root / "demo.html", (root / "out").read_text(), (root / "err").read_text())
+    return QuickDemo(root / "cache", root / "demo.html", (root / "out").read_text(), (root / "err").read_text(),
+                     (root / "built-at").read_text())
 
 
 @pytest.fixture

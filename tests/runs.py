@@ -6,8 +6,14 @@ process of its own; it need not pay for a fresh interpreter's imports (torch, Op
 seconds) each time. `Process` forks each command from a server that imported zscir's modules
 once and has run nothing (multiprocessing's forkserver: no thread pool is running when it forks,
 so a child cannot inherit a lock another thread held). The child is a real process: its own pid,
-killed by a real SIGKILL, its output in files. Where the launcher itself is what a test checks,
-`torchrun` starts the real one.
+killed by a real SIGKILL, its output in files, the test process's environment as it is when the
+child starts, its own random seeds. Where the launcher itself is what a test checks, `torchrun`
+starts the real one.
+
+What a fresh interpreter would decide when a library loads is decided once, in the server: an
+OpenMP or `datasets` variable a test passes to a child does not reach the library (the child
+sets torch's and faiss's thread counts itself), and the console's width and colour follow the
+server's stdout (a file or pipe under pytest). Tests of such settings start a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -52,7 +58,9 @@ def _context():
 
 
 def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
-    """A child: `zscir ARGV` as `python -m zscir_cli ARGV` runs it, its output in files."""
+    """A child: `zscir ARGV` as `python -m zscir_cli ARGV` runs it, its output in files, in the
+    environment the test process has now (plus the test's own variables)."""
+    os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     for fd, path in ((1, out), (2, err)):
@@ -63,17 +71,17 @@ def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) ->
     # forkserver it came from: a worker through the forkserver costs seconds, a fork milliseconds
     multiprocessing.set_start_method(None, force=True)
     import faiss
+    import numpy as np
     import torch
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+    np.random.seed()  # unseeded generators differ between processes, as in fresh interpreters
+    torch.seed()
     from zscir_cli.cli.app import run
 
-    code = run(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(run(argv))  # multiprocessing joins the threads left and flushes the streams
 
 
 class Process:
@@ -84,7 +92,8 @@ class Process:
         self.out, self.err = Path(f"{logs}.out"), Path(f"{logs}.err")
         self.started = time.monotonic()
         self.proc = _context().Process(target=_main, args=(
-            [str(a) for a in args], {"OMP_NUM_THREADS": "1", **(env or {})}, os.getcwd(), str(self.out), str(self.err)))
+            [str(a) for a in args], {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, os.getcwd(),
+            str(self.out), str(self.err)))
         self.proc.start()
         self.pid = self.proc.pid
 
@@ -151,15 +160,23 @@ def ranks(args: list[str], cache: Path, env: dict[str, str] | None = None, n: in
     procs = [Process([*args, "--cache-dir", str(cache)], base / f"rank{r}",
                      {**group, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(n)]
     deadline = time.monotonic() + timeout
+    first: int | None = None  # the exit code of the first rank to fail, as torchrun reports it
     while not all(p.finished() for p in procs):  # as torchrun: one rank failing stops the others
-        if any(p.finished() and p.proc.exitcode != 0 for p in procs) or time.monotonic() > deadline:
+        failed = [p for p in procs if p.finished() and p.proc.exitcode != 0]
+        if failed or time.monotonic() > deadline:
+            first = failed[0].proc.exitcode if failed and first is None else first
             for p in procs:
                 if not p.finished():
                     p.kill()
+            if not failed:
+                for p in procs:
+                    p.proc.join()
+                raise AssertionError(f"zscir did not finish in {timeout} s: "
+                                     f"{''.join(p.err_text() for p in procs)[-3000:]}")
         time.sleep(0.02)
     codes = [p.wait(timeout) for p in procs]
-    return subprocess.CompletedProcess(args, next((c for c in codes if c != 0), 0), procs[0].out_text(),
-                                       "".join(p.err_text() for p in procs))
+    code = first if first is not None else next((c for c in codes if c != 0), 0)
+    return subprocess.CompletedProcess(args, code, procs[0].out_text(), "".join(p.err_text() for p in procs))
 
 
 def torchrun(args: list[str], cache: Path, env: dict[str, str] | None = None,

@@ -15,7 +15,7 @@ from zscir_cli.model.backbone import load_backbone as _load_backbone
 
 
 def load_backbone(spec, **kwargs):
-    """The model layer's loader with the pipeline's conversion of its errors, as commands see it."""
+    """The model layer's loader with the job layer's conversion of its errors, as commands see it."""
     with user_errors():
         return _load_backbone(spec, **kwargs)
 

@@ -58,7 +58,7 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path, quick_demo):
                          "--model", "zscir-shapes-rn", "--pretrained", "latest", "--cache-dir", cache, "--json")
     assert code == 0, err
     newer = json.loads(out)["run"]
-    code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--json")
+    code, out, err = cli("demo", "--quick", "--cache-dir", cache, "--html", tmp_path / "third.html", "--json")
     assert code == 0, err
     assert json.loads(out)["evaluation"]["runs"] == ev["runs"] and newer not in ev["runs"].values()
 

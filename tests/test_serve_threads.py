@@ -47,16 +47,35 @@ def test_set_before_torch_and_faiss_start_in_a_fresh_process():
     assert res["counts"] == {"torch": 1, "faiss": 1}
 
 
+def _unset(monkeypatch, *names: str) -> None:
+    """Each name unset for the test and restored after it (set first, so monkeypatch records it)."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+THREAD_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def test_a_variable_the_user_set_wins(monkeypatch):
+    import faiss
+    import torch
+
     from zscir_cli.jobs.service import threads
 
-    for name in ServeThreads().environment():
-        monkeypatch.delenv(name, raising=False)
+    _unset(monkeypatch, *THREAD_VARS)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     threads.prepare(ServeThreads())
     assert (os.environ["OMP_WAIT_POLICY"], os.environ["OMP_NUM_THREADS"]) == ("ACTIVE", "2")
     assert os.environ["MKL_NUM_THREADS"] == "1"  # what the user left unset is set
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        assert threads.apply(ServeThreads()) == {"torch": 2, "faiss": 2}  # OMP_NUM_THREADS=2 over --threads 1
+        assert threads.wait_policy() == "active"  # what the serving line reports
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
 
 
 def test_libraries_started_first_are_named(monkeypatch):
@@ -65,8 +84,7 @@ def test_libraries_started_first_are_named(monkeypatch):
 
     from zscir_cli.jobs.service import threads
 
-    for name in ServeThreads().environment():
-        monkeypatch.delenv(name, raising=False)
+    _unset(monkeypatch, *THREAD_VARS)
     assert "torch" in threads.prepare(ServeThreads())
 
 
@@ -77,9 +95,10 @@ def test_unknown_wait_policy_is_refused(cli, tmp_path):
 
 
 def test_query_lets_idle_openmp_threads_sleep_unless_told_otherwise(cli, monkeypatch, tmp_path):
-    """`zscir query` (many small forward passes) sets OMP_WAIT_POLICY before torch loads in its
-    process; a value the user set wins."""
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    """`zscir query` (many small forward passes) sets OMP_WAIT_POLICY first thing; a value the
+    user set wins. (That the command's process has not loaded torch by then is
+    test_layers.test_cli_app_starts_without_torch.)"""
+    _unset(monkeypatch, "OMP_WAIT_POLICY")
     code, _, _ = cli("query", "--cache-dir", tmp_path / "cache")  # refused (no reference): after the setting
     assert code == 2 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")

@@ -131,7 +131,7 @@ def test_map_train_cli_then_query_with_stage1(cli, cache):
 def test_map_train_bad_input(cli, cache):
     code, _, err = cli("map-train", *TINY, "--vsi-layers", "2,9", "--batch-size", "16", "--cache-dir", cache)
     assert code == 2 and "outside the text encoder's depth (blocks 1..4)" in err
-    assert "Choose --vsi-layers between 1 and 4" in err  # the pipeline names the flag
+    assert "Choose --vsi-layers between 1 and 4" in err  # the job names the flag
     code, _, err = cli("map-train", *TINY, "--data", "nothing", "--cache-dir", cache)
     assert code == 2 and "No prepared data set 'nothing'" in err
     code, _, err = cli("map-train", *TINY, "--batch-size", "16", "--resume", "--cache-dir", cache)

@@ -62,7 +62,7 @@ def run(ctx: Context, req: ServeRequest, sock: socket.socket, log: Callable[[str
         log(f"listening on {req.host}: anyone who can reach this machine can query the service.")
     log(f"serving http://{shown}:{sock.getsockname()[1]}/ (model {service.backbone.spec.label()}; index "
         f"{', '.join(service.indexes)}; methods {', '.join(service.methods)}; threads: torch {counts['torch']}, "
-        f"faiss {counts['faiss']}, image reads {req.threads.io}, OpenMP wait {req.threads.wait_policy}); "
+        f"faiss {counts['faiss']}, image reads {req.threads.io}, OpenMP wait {threads.wait_policy()}); "
         "Ctrl-C stops")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])

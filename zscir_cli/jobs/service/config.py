@@ -13,10 +13,11 @@ class ServeThreads:
 
     A query is one small forward pass and one search: a thread pool buys it little, and threads
     that spin while they wait (OpenMP's default) take the cores a neighbour needs and are starved
-    by it in turn; beside one busy torch process a 2-core machine's p50 went from 9 ms to a
-    second. So by default the model and faiss compute on one thread each, idle OpenMP threads
-    sleep (`OMP_WAIT_POLICY=PASSIVE`), and requests are decoded on the event loop and a small
-    pool for image reads, the model calls one at a time."""
+    by it in turn: on a 2-core machine beside one busy torch process, the libraries' own threading
+    answered at 2-2.6x its quiet p50 and 0.03-0.25x its quiet throughput, beside two at up to 14x
+    its quiet p50 (docs/performance.md). So by default the model and faiss compute on one thread
+    each, idle OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`), and requests are decoded on the
+    event loop and a small pool for image reads, the model calls one at a time."""
 
     compute: int = 1  # intra-op threads of torch and faiss (0: one per core, the libraries' own choice)
     wait_policy: str = "passive"  # OpenMP's idle threads: passive (sleep) | active (spin)

@@ -19,14 +19,31 @@ def prepare(threads: ServeThreads) -> list[str]:
     return [m for m in HEAVY if m in sys.modules]
 
 
+def compute_threads(threads: ServeThreads) -> int:
+    """The intra-op threads in force: OMP_NUM_THREADS when the user set it (it wins over
+    `--threads`, as the docs say), else `threads.compute` (0: the libraries' own)."""
+    if threads.compute <= 0:
+        return 0
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", threads.compute)))
+    except ValueError:
+        return threads.compute
+
+
+def wait_policy() -> str:
+    """OpenMP's wait policy in force (passive unless the environment says otherwise)."""
+    return os.environ.get("OMP_WAIT_POLICY", "passive").lower()
+
+
 def apply(threads: ServeThreads) -> dict[str, int]:
     """The thread counts of torch and faiss, now that they are imported; what they use."""
     import faiss  # heavy: imported by the service anyway, after `prepare`
     import torch
 
-    if threads.compute > 0:
-        torch.set_num_threads(threads.compute)
-        faiss.omp_set_num_threads(threads.compute)
+    compute = compute_threads(threads)
+    if compute > 0:
+        torch.set_num_threads(compute)
+        faiss.omp_set_num_threads(compute)
     try:
         torch.set_num_interop_threads(1)  # no inter-op parallelism in a query's small graph
     except RuntimeError:  # already set, or inter-op work already ran in this process
