@@ -1,5 +1,6 @@
-"""`zscir serve` and `zscir query --queries` beside other work: the co-tenant mode of
-serve_latency.py (`python benchmarks/serve_latency.py --cotenant [--rounds 3] [--compare]`).
+"""`zscir serve`, `zscir query --queries` and `zscir eval` beside other work: the co-tenant mode
+of serve_latency.py (`python benchmarks/serve_latency.py --cotenant [--rounds 3] [--compare]
+[--parts serve,batch,eval]`).
 
 A neighbour is its own process running continuous torch matrix products (1024 x 1024) with
 torch's default threads and no sleeps, as a training job would. Scenarios, each for several
@@ -10,7 +11,7 @@ eval shapes --split test`, quiet and beside one neighbour (the whole command's w
 each).
 
 Targets beside one neighbour, in every round: p50 <= 2.5x the quiet p50 and 8-client throughput
->= 0.4x the quiet throughput; batch queries <= 2.5x their quiet time. Every figure is printed with
+>= 0.4x the quiet throughput; batch queries and eval <= 2.5x their quiet time. Every figure is printed with
 the ratio to its quiet median, measured in this one run.
 """
 

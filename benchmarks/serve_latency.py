@@ -178,6 +178,9 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true",
                     help="--cotenant: also the threading of earlier versions (--threads 0 --wait-policy active)")
     args = ap.parse_args()
+    unknown = set(args.parts.split(",")) - {"serve", "batch", "eval"}
+    if unknown:
+        ap.error(f"--parts: unknown {', '.join(sorted(unknown))}; choose among serve, batch, eval")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -171,9 +171,9 @@ def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifac
 
 
 def triplet_source(ctx: Context, path: str, sha: str) -> dict:
-    """How a run names its triplet file: a triplets artifact of this cache by its key (so a copied
-    cache names nothing outside itself), a user's file by its sha256 and the path as given
-    (relative stays relative)."""
+    """How a run names its triplet file: a triplets artifact of this cache by its key (no path
+    that a copy of the cache would leave behind), a user's file by its sha256 and the path as
+    given (relative stays relative)."""
     file = Path(path).resolve()
     if file.name == "triplets.jsonl" and file.parent.parent == (ctx.store.root / "triplets").resolve():
         return {"artifact": f"triplets/{file.parent.name}", "sha256": sha}
