@@ -77,7 +77,7 @@ def test_a_kill_after_a_part_then_a_rerun_reuses_the_written_parts(world, single
     folders = list((cache / ".parts").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("features-")
     written = sorted(p.name for p in (folders[0] / "log").glob("part_*.json"))
-    assert 1 <= len(written) < 4 and "part_0.json" in written  # rank 0 died after its first part
+    assert 1 <= len(written) < 4  # the first rank to finish a part died after it, the other was stopped
     assert not (cache / "features").is_dir() or not _features(cache)
     res = ranks(ARGS, cache)
     assert res.returncode == 0, res.stderr[-3000:]
