@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from serve_latency import Client, concurrent, start_server
+from serve_client import Client, concurrent, start_server
 
 NEIGHBOUR = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 SCENARIOS = (("quiet", 0), ("1 neighbour", 1), ("2 neighbours", 2), ("quiet again", 0))
