@@ -18,6 +18,7 @@ server's stdout (a file or pipe under pytest). Tests of such settings start a fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -29,32 +30,45 @@ import tempfile
 import time
 from pathlib import Path
 
-# what the server imports once: every module a command under test runs
-PRELOAD = ("zscir_cli.cli.app", "zscir_cli.jobs.retrieval.build", "zscir_cli.jobs.training.stage1",
+# what the server imports once: first the model layer alone (fresh_imports: what it loads, as in a
+# fresh interpreter), every module a command under test runs, then what the commands would build
+# or import on first use (forkserver_warmup)
+PRELOAD = ("fresh_imports", "zscir_cli.cli.app", "zscir_cli.jobs.retrieval.build", "zscir_cli.jobs.training.stage1",
            "zscir_cli.jobs.training.stage2", "zscir_cli.jobs.training.pretrain", "zscir_cli.jobs.cache",
-           "datasets")
+           "datasets", "forkserver_warmup")
 _server: multiprocessing.context.BaseContext | None = None
 
 
 def _context():
     """The forkserver, started once per test process, with one compute thread (OpenMP reads it
-    when its library loads, in the server)."""
+    when its library loads, in the server) and this folder on its path (the server imports its
+    PRELOAD before it reads the path of the process that starts it)."""
     global _server
     if _server is None:
         from multiprocessing import forkserver
 
         _server = multiprocessing.get_context("forkserver")
         _server.set_forkserver_preload(list(PRELOAD))
-        before = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = "1"
-        try:
+        here = str(Path(__file__).resolve().parent)
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        with _environment(OMP_NUM_THREADS="1", PYTHONPATH=path):
             forkserver.ensure_running()
-        finally:
-            if before is None:
-                os.environ.pop("OMP_NUM_THREADS")
-            else:
-                os.environ["OMP_NUM_THREADS"] = before
     return _server
+
+
+@contextlib.contextmanager
+def _environment(**variables: str):
+    """These variables set in os.environ while the block runs, as they were afterwards."""
+    before = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
@@ -82,6 +96,21 @@ def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) ->
     from zscir_cli.cli.app import run
 
     sys.exit(run(argv))  # multiprocessing joins the threads left and flushes the streams
+
+
+def _write_model_layer_modules(path: str) -> None:
+    import fresh_imports  # imported by the server before anything else, inherited here
+
+    Path(path).write_text(json.dumps(sorted(fresh_imports.MODEL_LAYER)))
+
+
+def model_layer_modules(folder: Path) -> set[str]:
+    """The modules an interpreter holds after importing the model layer first (fresh_imports)."""
+    child = _context().Process(target=_write_model_layer_modules, args=(str(folder / "modules.json"),))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0, f"the forkserver's child exited with {child.exitcode}"
+    return set(json.loads((folder / "modules.json").read_text()))
 
 
 class Process:

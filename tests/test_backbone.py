@@ -136,3 +136,27 @@ def test_model_layer_raises_value_errors_that_name_no_option():
             _load_backbone(spec)
         assert isinstance(e.value, ValueError) and not isinstance(e.value, UserError)
         assert "--" not in str(e.value)
+
+
+def test_a_tokenizer_is_built_once_per_model_config(tmp_path):
+    import open_clip
+
+    from zscir_cli.model.tokenizers import tokenizer_of
+
+    cfg = model_config("zscir-tiny-vit")
+    first = tokenizer_of("zscir-tiny-vit")
+    assert tokenizer_of("zscir-tiny-vit") is first
+    words = ["a small red circle", "make it blue"]
+    assert torch.equal(first(words), open_clip.get_tokenizer("zscir-tiny-vit")(words))
+    # the same name registered again with another text config: another tokenizer, of that config
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    for length in (77, 12):
+        cfg["text_cfg"]["context_length"] = length
+        (folder / "zscir-test-tokenizer.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(folder)
+        assert tokenizer_of("zscir-test-tokenizer")(words).shape == (2, length)
+    # a model read from a folder: its files may change, its tokenizer is read each time
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    assert tokenizer_of(f"local-dir:{tmp_path / 'dir'}") is not tokenizer_of(f"local-dir:{tmp_path / 'dir'}")

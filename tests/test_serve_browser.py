@@ -1,17 +1,16 @@
 """`zscir serve` in a real browser: headless Chromium (Debian's chromium + chromium-driver) drives
-the page against the command started as a subprocess on a free loopback port."""
+the page against the command, started as a process of its own on a free loopback port."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import subprocess
-import sys
+import signal
 import time
-from pathlib import Path
 
 import pytest
+from runs import Process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -54,31 +53,27 @@ def server(tmp_path_factory):
     shutil.copy(min(folder.rglob("*.png")), folder / TRICKY)
     ctx = Context(store=ArtifactStore(base / "cache"), workers=0)
     key = index_gallery(ctx, load_backbone(ModelSpec("zscir-tiny-vit", "none")), FolderGallery(folder)).artifact.key
-    log = base / "serve.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "zscir_cli", "serve", "--index", key, "--port", "0",
-                                 "--cache-dir", str(base / "cache"), "--device", "cpu"],
-                                stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    # a process of its own (`runs.Process`): the page talks to it over a real socket
+    proc = Process(["serve", "--index", key, "--port", "0", "--cache-dir", str(base / "cache"), "--device", "cpu"],
+                   base / "serve")
     try:
-        url = _wait_for_url(proc, log)
-        yield url, folder, log
+        url = _wait_for_url(proc)
+        yield url, folder, proc.err
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a hung server
-            proc.kill()
-            proc.wait(10)
+        except AssertionError:  # pragma: no cover - a hung server (wait kills it)
+            pass
 
 
-def _wait_for_url(proc: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+def _wait_for_url(proc: Process, timeout: float = 180) -> str:
     import urllib.request
 
     end = time.time() + timeout
     while time.time() < end:
-        assert proc.poll() is None, f"zscir serve exited: {log.read_text()}"
-        found = re.search(r"serving (http://127\.0\.0\.1:\d+/)", log.read_text())
+        assert not proc.finished(), f"zscir serve exited: {proc.err_text()}"
+        found = re.search(r"serving (http://127\.0\.0\.1:\d+/)", proc.err_text())
         if found:
             try:
                 with urllib.request.urlopen(found.group(1) + "api/health", timeout=5) as r:
@@ -87,7 +82,7 @@ def _wait_for_url(proc: subprocess.Popen, log: Path, timeout: float = 180) -> st
             except OSError:
                 pass
         time.sleep(0.3)
-    raise AssertionError(f"zscir serve did not start in {timeout} s: {log.read_text()}")
+    raise AssertionError(f"zscir serve did not start in {timeout} s: {proc.err_text()}")
 
 
 @pytest.fixture

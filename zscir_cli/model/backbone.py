@@ -21,6 +21,7 @@ import torch
 from zscir_cli.core.device import autocast
 from zscir_cli.core.errors import close_matches
 from zscir_cli.model.releases import TargetPad
+from zscir_cli.model.tokenizers import tokenizer_of
 from zscir_cli.model.weights import (
     WeightsFileError,
     WeightsMemo,
@@ -245,8 +246,7 @@ def load_backbone(spec: ModelSpec, *, cache_dir: Path | None = None,
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    tokenizer = open_clip.get_tokenizer(spec.name)
-    return Backbone(model, image_transform(preprocess, spec.preprocess), tokenizer, spec, torch.device(device))
+    return Backbone(model, image_transform(preprocess, spec.preprocess), tokenizer_of(spec.name), spec, torch.device(device))
 
 
 def image_transform(base: Any, kind: str) -> Any:

@@ -42,6 +42,7 @@ from zscir_cli.model.backbone import (
     model_config,
     register_configs,
 )
+from zscir_cli.model.tokenizers import tokenizer_of
 
 OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -140,7 +141,7 @@ def _train(ctx: Context, cfg: PretrainConfig, world: shapes.WorldConfig, data: A
 
     seed_everything(cfg.seed)
     model = open_clip.create_model(cfg.model, pretrained=None, device=device, output_dict=True)
-    tokenizer = open_clip.get_tokenizer(cfg.model)
+    tokenizer = tokenizer_of(cfg.model)
     size = model.visual.image_size
     image_size = int(size[0] if isinstance(size, tuple) else size)
     channels_last = device.type == "cpu"  # oneDNN convolutions run ~1.4x faster in NHWC
