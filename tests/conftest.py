@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
@@ -47,6 +48,17 @@ def pytest_sessionfinish(session, exitstatus):
     if written:
         session.exitstatus = 1
         print(f"\ntests wrote outside their temporary folders: {', '.join(written[:10])}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """A pytest-xdist worker leaves at once when it is done (its results are sent by then): an
+    interpreter that holds torch, OpenCLIP and faiss takes seconds to tear its modules down, and
+    the run waits for the slower worker's exit."""
+    if _WORKER:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @dataclass(frozen=True)
