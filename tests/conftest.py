@@ -54,11 +54,20 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     """A pytest-xdist worker leaves at once when it is done (its results are sent by then): an
     interpreter that holds torch, OpenCLIP and faiss takes seconds to tear its modules down, and
-    the run waits for the slower worker's exit."""
-    if _WORKER:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    the run waits for the slower worker's exit. What it printed outside tests goes out first, and
+    a child a test left running is killed, not waited for."""
+    if not hasattr(config, "workerinput"):
+        return
+    import multiprocessing
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()
+    for child in multiprocessing.active_children():
+        child.kill()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @dataclass(frozen=True)

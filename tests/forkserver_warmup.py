@@ -6,10 +6,14 @@ that Typer and Pillow import on their first use (a quarter of a second)."""
 import PIL.JpegImagePlugin  # noqa: F401
 import PIL.PngImagePlugin  # noqa: F401
 import pydantic  # noqa: F401
-import typer._adapters  # noqa: F401
 
 from zscir_cli.model.backbone import register_configs
 from zscir_cli.model.tokenizers import tokenizer_of
 
 register_configs()
 tokenizer_of("zscir-tiny-vit")
+
+try:  # where Typer parses with its pydantic adapters (a private module: another Typer may lack it)
+    import typer._adapters  # noqa: F401
+except ImportError:
+    pass

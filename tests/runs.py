@@ -41,8 +41,8 @@ _server: multiprocessing.context.BaseContext | None = None
 
 def _context():
     """The forkserver, started once per test process, with one compute thread (OpenMP reads it
-    when its library loads, in the server) and this folder on its path (the server imports its
-    PRELOAD before it reads the path of the process that starts it)."""
+    when its library loads, in the server) and this folder on its path (Python 3.11's forkserver
+    does not take the path of the process that starts it, and skips a preload it cannot import)."""
     global _server
     if _server is None:
         from multiprocessing import forkserver
@@ -99,7 +99,10 @@ def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) ->
 
 
 def _write_model_layer_modules(path: str) -> None:
-    import fresh_imports  # imported by the server before anything else, inherited here
+    # imported by the server before anything else, inherited here; imported now, it would record
+    # a server that has loaded the CLI (the test then fails, but says why)
+    assert "fresh_imports" in sys.modules, "the forkserver did not preload tests/fresh_imports.py"
+    import fresh_imports
 
     Path(path).write_text(json.dumps(sorted(fresh_imports.MODEL_LAYER)))
 
@@ -109,7 +112,7 @@ def model_layer_modules(folder: Path) -> set[str]:
     child = _context().Process(target=_write_model_layer_modules, args=(str(folder / "modules.json"),))
     child.start()
     child.join(120)
-    assert child.exitcode == 0, f"the forkserver's child exited with {child.exitcode}"
+    assert child.exitcode == 0, f"the forkserver's child exited with {child.exitcode} (its stderr is the test's)"
     return set(json.loads((folder / "modules.json").read_text()))
 
 

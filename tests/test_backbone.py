@@ -138,10 +138,15 @@ def test_model_layer_raises_value_errors_that_name_no_option():
         assert "--" not in str(e.value)
 
 
-def test_a_tokenizer_is_built_once_per_model_config(tmp_path):
+def test_a_tokenizer_is_built_once_per_model_config(tmp_path, monkeypatch):
     import open_clip
+    from open_clip import factory
 
     from zscir_cli.model.tokenizers import tokenizer_of
+
+    # the configs this test registers leave OpenCLIP's registry with it
+    monkeypatch.setattr(factory, "_MODEL_CONFIGS", dict(factory._MODEL_CONFIGS))
+    monkeypatch.setattr(factory, "_MODEL_CONFIG_PATHS", list(factory._MODEL_CONFIG_PATHS))
 
     cfg = model_config("zscir-tiny-vit")
     first = tokenizer_of("zscir-tiny-vit")
