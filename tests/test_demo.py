@@ -12,8 +12,9 @@ def test_quick_demo_end_to_end_then_reuses_the_cache(cli, tmp_path, quick_demo):
     for method in ("image", "text", "sum", "pic2word", "stage1", "tscir"):
         assert f"│ {method}" in out
     assert "R@1" in out and "mAP@10" in out and "not of any public benchmark" in out
-    assert "┃ recipe" in out and "│ Stage I: token learner + VSI + STA" in out
+    assert "┃ recipe" in out and "│ Stage I: token learner + VSI + STA, 1 epoch " in out
     assert re.search(r"│ Stage II: \d+ template/content triplets", out)
+    assert "2 hard negatives, 1 epoch " in out and "1 epochs" not in out  # the quick demo trains one epoch
     assert "base CLIP (24 val images): caption R@1" in out
     assert page.is_file() and page.read_text().count("<section>") == 2
     kinds = sorted(p.parent.parent.name for p in cache.glob("*/*/manifest.json"))

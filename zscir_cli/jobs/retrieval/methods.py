@@ -68,11 +68,17 @@ def describe(method: QueryMethod) -> str:
     cfg = m.get("config", {})
     if method.name in ("pic2word", "stage1"):
         parts = ["token learner", *(["VSI"] if cfg.get("vsi") else []), *(["STA"] if cfg.get("sta") else [])]
-        return f"Stage I: {' + '.join(parts)}, {cfg.get('epochs')} epochs"
+        return f"Stage I: {' + '.join(parts)}, {_counted(cfg.get('epochs'), 'epoch')}"
     layers = list(cfg.get("adapter_layers") or [])
-    blocks = f"{len([x for x in layers if x])} blocks" + (" + embeddings" if 0 in layers else "")
+    blocks = _counted(len([x for x in layers if x]), "block") + (" + embeddings" if 0 in layers else "")
     return (f"Stage II: {cfg.get('triplets')} {m.get('triplet_recipe', 'unknown')} triplets, adapters after "
-            f"{blocks}, {cfg.get('hard_negatives', 0)} hard negatives, {cfg.get('epochs')} epochs")
+            f"{blocks}, {_counted(cfg.get('hard_negatives', 0), 'hard negative')}, "
+            f"{_counted(cfg.get('epochs'), 'epoch')}")
+
+
+def _counted(n, noun: str) -> str:
+    """'1 epoch', '10 epochs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def check_method(method: str, weights: str | None = None) -> None:
