@@ -157,6 +157,17 @@ def test_os_errors_exit_2_naming_the_path(tmp_path, cli):
     assert err.count("error:") == 1
 
 
+def test_the_zscir_script_exits_with_the_run_s_code_and_its_output_out():
+    """`python -m zscir_cli` (the `zscir` script's `main`): the exit code is the run's, and what it
+    printed is out before it leaves."""
+    bad = subprocess.run([sys.executable, "-m", "zscir_cli", "no-such-command"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert bad.returncode == 2 and "No such command" in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "zscir_cli", "--version"], capture_output=True, text=True,
+                        timeout=120, check=False)
+    assert ok.returncode == 0 and ok.stdout.startswith("zscir ")
+
+
 def test_os_error_sentences():
     from zscir_cli.core.errors import os_error
 
