@@ -1,14 +1,15 @@
 """Where the composed query fails on the shapes lab: what its first result is, and what that
 result shares with the target.
 
-On the shapes test split of a demo's cache:
+On a split of a demo's cache (`--split val`, the default: a diagnosis that guides a change is
+made on val; `--split test` once, for reporting):
 
 0. what the pseudo-word carries: each gallery image's "a photo of $" (pic2word's and stage1's
    mappers) ranks the gallery's distinct captions by text feature; caption R@1 against the
    image feature itself ranking them (the base CLIP's zero-shot ceiling), and the share of
    first captions that get the background, the colours and the shapes right.
 
-For each method (stage1, tscir and the caption oracle):
+For each method (stage1, tscir, and the target caption as a reference point):
 
 1. the first-ranked image of each query (reference removed): the right target, this query's
    own near miss (the reference's layout with one other attribute changed) or wrong-value
@@ -33,7 +34,7 @@ from zscir_cli.data import shapes
 from zscir_cli.jobs.backbones import open_backbone, resolve_spec
 from zscir_cli.jobs.datasets.store import load_split
 from zscir_cli.jobs.protocols.ranking import rank_split
-from zscir_cli.jobs.protocols.results import oracle_result
+from zscir_cli.jobs.protocols.results import target_caption_result
 from zscir_cli.jobs.protocols.suites import shapes_suite
 from zscir_cli.jobs.retrieval.methods import load_method
 
@@ -59,7 +60,7 @@ def pseudo_word_probe(ctx, backbone, suite, scene) -> None:
     row = {c: i for i, c in enumerate(captions)}
     own = np.array([row[shapes.caption(scene[g])] for g in gallery.ids])
     text = torch.cat([backbone.encode_texts(captions[i:i + 512]).cpu() for i in range(0, len(captions), 512)]).numpy()
-    print("what the pseudo-word carries: 'a photo of $' ranking the test gallery's "
+    print(f"what the pseudo-word carries: 'a photo of $' ranking the {suite.split} gallery's "
           f"{len(captions)} distinct captions ({len(own)} images):")
     for name in ("image", "pic2word", "stage1"):
         method = load_method(ctx, name, backbone)
@@ -100,15 +101,16 @@ def main() -> None:
     ap.add_argument("--cache-dir", required=True)
     ap.add_argument("--stage1")
     ap.add_argument("--tscir")
+    ap.add_argument("--split", choices=("val", "test"), default="val")
     args = ap.parse_args()
     ctx = make_context(args.cache_dir, "cpu", None)
     backbone = open_backbone(ctx, resolve_spec(ctx, "zscir-shapes-rn", "latest"))
     data = next(a for a in ctx.store.list("dataset") if a.manifest.get("name") == "shapes")
-    suite = shapes_suite(ctx, data.key, "test")
-    gallery = load_split(data, "gallery", "test")
+    suite = shapes_suite(ctx, data.key, args.split)
+    gallery = load_split(data, "gallery", args.split)
     role = dict(zip(gallery["id"], gallery["role"]))
     scene = {i: shapes.Scene.from_json(s) for i, s in zip(gallery["id"], gallery["scene"])}
-    queries = load_split(data, "cir", "test")
+    queries = load_split(data, "cir", args.split)
     removed = dict(zip(queries["query_id"], queries["old"]))  # 'small red circle' for a removal
     refs = {q.reference: i for i, q in enumerate(suite.queries)}
     owner, cur = {}, None
@@ -121,19 +123,19 @@ def main() -> None:
     tops = {}
     for name, run in (("image", None), ("stage1", args.stage1), ("tscir", args.tscir)):
         tops[name] = rank_split(ctx, load_method(ctx, name, backbone, run), suite).top
-    tops["oracle"] = oracle_result(ctx, backbone, suite)[1].top
+    tops["target caption"] = target_caption_result(ctx, backbone, suite)[1].top
 
     print("first result of each query (% of queries):")
-    for name in ("stage1", "tscir", "oracle"):
+    for name in ("stage1", "tscir", "target caption"):
         c: Counter = Counter()
         for i, (q, top) in enumerate(zip(suite.queries, tops[name])):
             first = top[0]
             c["right" if first in q.targets else ("own " if owner[first] == i else "another query's ")
               + role[first]] += 1
-        print(f"  {name:7s}", ", ".join(f"{k} {100 * v / len(suite.queries):.1f}" for k, v in c.most_common()))
+        print(f"  {name:14s}", ", ".join(f"{k} {100 * v / len(suite.queries):.1f}" for k, v in c.most_common()))
 
     print("\nwrong first results agreeing with the target on (%):")
-    for name in ("stage1", "tscir", "oracle"):
+    for name in ("stage1", "tscir", "target caption"):
         agree: Counter = Counter()
         wrong = 0
         for q, top in zip(suite.queries, tops[name]):
@@ -143,11 +145,11 @@ def main() -> None:
             a, b = facts(scene[top[0]]), facts(scene[q.target])
             for k in a:
                 agree[k] += a[k] == b[k]
-        print(f"  {name:7s} ({wrong} wrong)", ", ".join(f"{k} {100 * v / max(wrong, 1):.0f}" for k, v in agree.items()))
+        print(f"  {name:14s} ({wrong} wrong)", ", ".join(f"{k} {100 * v / max(wrong, 1):.0f}" for k, v in agree.items()))
 
     print("\nremovals: first results that still show the removed object (colour and shape), %:")
     shown = defaultdict(list)
-    for name in ("image", "stage1", "tscir", "oracle"):
+    for name in ("image", "stage1", "tscir", "target caption"):
         for q, top in zip(suite.queries, tops[name]):
             if q.edit != "remove":
                 continue
