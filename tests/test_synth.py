@@ -294,3 +294,22 @@ def test_match_content_keeps_the_reference_objects_and_the_background():
 def test_unknown_match_is_refused():
     with pytest.raises(ValueError, match="unknown match"):
         template_triplets(IDS, CAPTIONS, None, max_triplets=5, match="exact")
+
+
+def test_a_size_edit_is_also_asked_for_by_comparison_and_no_other_edit_is():
+    from zscir_cli.data.synth import COMPARATIVES, VOCAB
+
+    asked: dict[str, set[str]] = {}
+    for seed in range(300):
+        for c in propose_edits(0, "a small red dress with long sleeves", np.random.default_rng(seed), per_caption=5):
+            if c.edit_type == "replace":
+                asked.setdefault(c.new, set()).add(c.modification)
+    comparatives = set(COMPARATIVES.values())
+    for new, texts in asked.items():
+        said = {w for t in texts for w in t.split() if w in comparatives}
+        if new in COMPARATIVES:  # e.g. large -> 'make it bigger', short -> 'make the sleeves shorter'
+            assert said == {COMPARATIVES[new]}, (new, texts)
+            assert any(new in t.split() for t in texts)  # and by the value itself
+        else:
+            assert not said, (new, texts)
+    assert {"large", "short"} <= set(asked) and set(asked) & set(VOCAB["colour"])

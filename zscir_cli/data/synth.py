@@ -38,6 +38,10 @@ VOCAB: dict[str, tuple[str, ...]] = {
     "garment_part": ("sleeves", "collar", "neckline", "buttons", "pockets", "hood", "zipper", "belt"),
     "background": ("background",),  # marks '<value> background' spans
 }
+# how a size edit is asked for by comparison ('make it bigger'): the comparative people say most
+# for the new value
+COMPARATIVES = {"small": "smaller", "large": "bigger", "big": "bigger", "tiny": "smaller", "huge": "bigger",
+                "long": "longer", "short": "shorter"}
 # which categories a 'replace' edit may swap within
 REPLACEABLE = ("colour", "material", "pattern", "size", "object", "count")
 # grey/gray and big/large are synonyms: never swap one for the other
@@ -46,7 +50,7 @@ SYNONYMS = [{"gray", "grey"}, {"big", "large"}]
 EDIT_TYPES = ("replace", "background", "count", "add", "remove")
 # Bump when a change here changes the triplets a corpus and seed give: it is part of every
 # triplet artifact's key, so triplets of an older recipe are never reused.
-SYNTH_VERSION = 4  # 4: object-naming templates inside frames (data.templates), recipe per row
+SYNTH_VERSION = 5  # 5: size edits asked for by comparison too; 4: object-naming templates inside frames
 MATCHES = ("words", "content")  # how a nearest caption is accepted as a target (see `_accepts`)
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
 
@@ -175,7 +179,8 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
             new = choices[int(rng.integers(len(choices)))]
             edited = " ".join(_fix_articles(words[:i] + [new] + words[i + 1:]))
             kind = "replace_object" if cat == "object" else "replace"
-            slots = {"old": old, "new": new, "noun": _head_noun(words, i) if cat != "object" else ""}
+            slots = {"old": old, "new": new, "noun": _head_noun(words, i) if cat != "object" else "",
+                     "comparative": COMPARATIVES.get(new, "") if cat == "size" else ""}
             out["replace"] = Candidate(row, "replace", old, new, edited, write(rng, kind, slots))
     # the background's value
     bg = [i for i, w in enumerate(words) if w == "background" and i > 0 and _category(words[i - 1]) == "colour"]

@@ -6,7 +6,8 @@ and the world's val and test phrasings share no three fixed words with any of th
 Slots: {old} and {new} are the values an edit swaps (a colour, a size, an object noun, a count);
 {noun} the object noun a swapped value belongs to ("red circle": circle); {a_obj} an added
 object phrase with its article; {obj} a removed object's noun and {phrase} its whole phrase
-("small red circle"). A template whose slots an edit lacks is never drawn for it.
+("small red circle"); {comparative} the comparative of a size edit's new value ("bigger"). A
+template whose slots an edit lacks is never drawn for it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "replace": ("make it {new}", "change the {old} to {new}", "{new} instead of {old}", "replace {old} with {new}",
                 "make the {old} one {new}", "it should be {new}, not {old}", "make the {noun} {new}",
                 "turn the {noun} {new}", "the {noun} should be {new}", "change the {old} {noun} to {new}",
-                "{new} {noun} instead of {old} {noun}", "i want the {noun} {new}"),
+                "{new} {noun} instead of {old} {noun}", "i want the {noun} {new}",
+                # a size asked for by comparison, as people ask for one
+                "make it {comparative}", "make the {noun} {comparative}", "i want the {noun} {comparative}"),
     # an object noun
     "replace_object": ("change the {old} to a {new}", "a {new} instead of the {old}", "replace the {old} with a {new}",
                        "show a {new} rather than a {old}", "turn the {old} into a {new}", "make the {old} into a {new}",
@@ -36,7 +39,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 # (half of them bare), so that Stage II learns to find the edit inside words it does not need
 FRAMES = ("{m}", "{m}", "{m}", "{m}", "{m}", "{m}", "{m}", "now {m}", "{m} now", "ok, {m}", "{m}, thanks",
           "just {m}", "this one: {m}", "{m} for this one", "and {m}", "{m}, the rest stays",
-          "keep everything else and {m}", "{m} but keep the rest")
+          "keep everything else and {m}", "{m} but keep the rest", "{m} if you can", "try to {m}", "maybe {m}",
+          "{m}, that's all", "{m} in this one", "i need you to {m}", "go ahead and {m}",
+          "{m}, nothing else", "{m} for me", "here, {m}")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 
 
