@@ -297,19 +297,24 @@ def test_unknown_match_is_refused():
 
 
 def test_a_size_edit_is_also_asked_for_by_comparison_and_no_other_edit_is():
-    from zscir_cli.data.synth import COMPARATIVES, VOCAB
+    from zscir_cli.data.synth import VOCAB, comparative
 
-    asked: dict[str, set[str]] = {}
-    for seed in range(300):
-        for c in propose_edits(0, "a small red dress with long sleeves", np.random.default_rng(seed), per_caption=5):
-            if c.edit_type == "replace":
-                asked.setdefault(c.new, set()).add(c.modification)
-    comparatives = set(COMPARATIVES.values())
-    for new, texts in asked.items():
-        said = {w for t in texts for w in t.split() if w in comparatives}
-        if new in COMPARATIVES:  # e.g. large -> 'make it bigger', short -> 'make the sleeves shorter'
-            assert said == {COMPARATIVES[new]}, (new, texts)
-            assert any(new in t.split() for t in texts)  # and by the value itself
-        else:
-            assert not said, (new, texts)
-    assert {"large", "short"} <= set(asked) and set(asked) & set(VOCAB["colour"])
+    assert [comparative(*pair) for pair in (("small", "large"), ("large", "small"), ("huge", "big"),
+                                            ("tiny", "small"), ("long", "short"), ("big", "large"),
+                                            ("small", "short"), ("red", "blue"))] == \
+        ["bigger", "smaller", "smaller", "bigger", "shorter", "", "", ""]
+    asked: dict[tuple[str, str], set[str]] = {}
+    for caption in ("a small red dog", "a red dress with long sleeves"):
+        for seed in range(1000):
+            for c in propose_edits(0, caption, np.random.default_rng(seed), per_caption=5):
+                if c.edit_type == "replace":
+                    asked.setdefault((c.old, c.new), set()).add(c.modification)
+    words = {"smaller", "bigger", "shorter", "longer"}
+    for (old, new), texts in asked.items():
+        said = {w for t in texts for w in t.split() if w in words}
+        if comparative(old, new):  # e.g. small -> large: 'make it bigger', and by the value itself too
+            assert said == {comparative(old, new)} and any(new in t.split() for t in texts), (old, new, texts)
+        else:  # a colour, small -> long (another scale), ...
+            assert not said, (old, new, texts)
+    assert {("small", "large"), ("small", "tiny"), ("long", "short")} <= set(asked)
+    assert any(old in VOCAB["colour"] for old, _ in asked)

@@ -38,10 +38,12 @@ VOCAB: dict[str, tuple[str, ...]] = {
     "garment_part": ("sleeves", "collar", "neckline", "buttons", "pockets", "hood", "zipper", "belt"),
     "background": ("background",),  # marks '<value> background' spans
 }
-# how a size edit is asked for by comparison ('make it bigger'): the comparative people say most
-# for the new value
-COMPARATIVES = {"small": "smaller", "large": "bigger", "big": "bigger", "tiny": "smaller", "huge": "bigger",
-                "long": "longer", "short": "shorter"}
+# a size edit is also asked for by comparison ('make it bigger'): the scales its values lie on,
+# ranked, and the comparatives people say most for going down or up one
+SCALES: dict[tuple[str, str], dict[str, int]] = {
+    ("smaller", "bigger"): {"tiny": 0, "small": 1, "big": 2, "large": 2, "huge": 3},
+    ("shorter", "longer"): {"short": 0, "long": 1},
+}
 # which categories a 'replace' edit may swap within
 REPLACEABLE = ("colour", "material", "pattern", "size", "object", "count")
 # grey/gray and big/large are synonyms: never swap one for the other
@@ -69,6 +71,16 @@ def _category(word: str) -> str | None:
         if word in words and cat != "background":
             return cat
     return None
+
+
+def comparative(old: str, new: str) -> str:
+    """How a change from size `old` to `new` is asked for by comparison: 'bigger' for small ->
+    large, 'smaller' for huge -> big; '' when the two lie on different scales (small -> long) or
+    on none, or rank the same."""
+    for words, rank in SCALES.items():
+        if old in rank and new in rank and rank[old] != rank[new]:
+            return words[rank[new] > rank[old]]
+    return ""
 
 
 def _synonyms(a: str, b: str) -> bool:
@@ -180,7 +192,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
             edited = " ".join(_fix_articles(words[:i] + [new] + words[i + 1:]))
             kind = "replace_object" if cat == "object" else "replace"
             slots = {"old": old, "new": new, "noun": _head_noun(words, i) if cat != "object" else "",
-                     "comparative": COMPARATIVES.get(new, "") if cat == "size" else ""}
+                     "comparative": comparative(old, new) if cat == "size" else ""}
             out["replace"] = Candidate(row, "replace", old, new, edited, write(rng, kind, slots))
     # the background's value
     bg = [i for i, w in enumerate(words) if w == "background" and i > 0 and _category(words[i - 1]) == "colour"]

@@ -6,8 +6,9 @@ and the world's val and test phrasings share no three fixed words with any of th
 Slots: {old} and {new} are the values an edit swaps (a colour, a size, an object noun, a count);
 {noun} the object noun a swapped value belongs to ("red circle": circle); {a_obj} an added
 object phrase with its article; {obj} a removed object's noun and {phrase} its whole phrase
-("small red circle"); {comparative} the comparative of a size edit's new value ("bigger"). A
-template whose slots an edit lacks is never drawn for it.
+("small red circle"); {comparative} how a size edit compares its new value with the old one
+("bigger" for small -> large; `synth.comparative`). A template whose slots an edit lacks is never
+drawn for it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                "remove the {phrase}", "delete the {obj}", "the {obj} should not be there", "i want the {obj} removed"),
 }
 # how people wrap a request: a modification is one of these with the template's sentence as {m}
-# (half of them bare), so that Stage II learns to find the edit inside words it does not need
+# (a quarter of them bare), so that Stage II learns to find the edit inside words it does not need
 FRAMES = ("{m}", "{m}", "{m}", "{m}", "{m}", "{m}", "{m}", "now {m}", "{m} now", "ok, {m}", "{m}, thanks",
           "just {m}", "this one: {m}", "{m} for this one", "and {m}", "{m}, the rest stays",
           "keep everything else and {m}", "{m} but keep the rest", "{m} if you can", "try to {m}", "maybe {m}",
