@@ -130,14 +130,16 @@ def main() -> None:
     seeds = list(caches)
     print(f"Shapes lab, val split, seeds {', '.join(map(str, seeds))}: tscir R@1 in the val wording, unless "
           "the column says otherwise (means over the seeds).\n")
-    print("| recipe | synth flags / compose-train flags | R@1 per seed | R@1 | R@10 | "
+    print("| recipe | flags beyond the default's | R@1 per seed | R@1 | R@10 | "
           + " | ".join(EDITS) + " | R@1 in the training wording | training wording's excess |")
     print("|---|---|---|---|---|" + "---|" * len(EDITS) + "---|---|")
     for name, flags, per_seed in rows:
         def mean(wording: str, key: str, group: str | None = None) -> float:
             return statistics.mean((r[wording][group][key] if group else r[wording][key]) for r in per_seed.values())
         val, train = mean("val", "R@1"), mean("train", "R@1")
-        shown = "runs given" if flags.startswith("@run:") else f"`{flags.strip()}`"
+        sflags, _, cflags = (f.strip() for f in flags.partition("|"))
+        shown = "the runs given" if flags.startswith("@run:") else \
+            f"synth: {f'`{sflags}`' if sflags else 'none'}; compose-train: {f'`{cflags}`' if cflags else 'none'}"
         print(f"| {name} | {shown} | " + " / ".join(f"{per_seed[s]['val']['R@1']:.1f}" for s in seeds)
               + f" | {val:.1f} | {mean('val', 'R@10'):.1f} | "
               + " | ".join(f"{mean('val', e, 'by_edit_R@1'):.1f}" for e in EDITS)
