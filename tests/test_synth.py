@@ -318,3 +318,30 @@ def test_a_size_edit_is_also_asked_for_by_comparison_and_no_other_edit_is():
             assert not said, (old, new, texts)
     assert {("small", "large"), ("small", "tiny"), ("long", "short")} <= set(asked)
     assert any(old in VOCAB["colour"] for old, _ in asked)
+
+
+def test_a_removal_names_the_object_so_that_it_is_the_one_removed():
+    from zscir_cli.data.synth import unique_name
+
+    def named(caption: str, k: int) -> str:  # the k-th object noun of the caption
+        words = caption.split()
+        return unique_name(words, [i for i, w in enumerate(words) if w in ("circle", "square")][k])
+
+    assert named("a small red circle and a large blue square", 0) == "circle"
+    assert named("a small red circle and a large blue circle", 1) == "blue circle"  # colour first
+    assert named("a small red circle and a large red circle", 0) == "small circle"
+    assert named("a small red circle and a small red circle", 1) == "small red circle"  # nothing tells them apart
+    # every removal the template recipe writes names one object of its reference caption
+    caption = "a small red circle, a large red circle and a small blue square on a gray background"
+    texts: dict[str, set[str]] = {}
+    for seed in range(300):
+        for c in propose_edits(0, caption, np.random.default_rng(seed), per_caption=5):
+            if c.edit_type == "remove":
+                texts.setdefault(c.old, set()).add(c.modification)
+    assert set(texts) == {"small red circle", "large red circle", "small blue square"}
+    for removed, mods in texts.items():
+        others = [o for o in texts if o != removed]
+        for m in mods:  # 'remove the small circle', never the bare 'circle' of two
+            assert removed.split()[-1] in m and not any(f" {o} " in f" {m} " for o in others), (removed, m)
+            if removed.endswith("circle"):  # by size, or by its whole phrase ('remove the {phrase}')
+                assert "the circle" not in m and (f"{removed.split()[0]} circle" in m or removed in m), (removed, m)

@@ -52,7 +52,9 @@ SYNONYMS = [{"gray", "grey"}, {"big", "large"}]
 EDIT_TYPES = ("replace", "background", "count", "add", "remove")
 # Bump when a change here changes the triplets a corpus and seed give: it is part of every
 # triplet artifact's key, so triplets of an older recipe are never reused.
-SYNTH_VERSION = 5  # 5: size edits asked for by comparison too; 4: object-naming templates inside frames
+# 6: a removed object named so that it is the one (`unique_name`); 5: size edits asked for by
+# comparison too; 4: object-naming templates inside frames
+SYNTH_VERSION = 6
 MATCHES = ("words", "content")  # how a nearest caption is accepted as a target (see `_accepts`)
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
 
@@ -166,6 +168,27 @@ def _fix_articles(words: list[str]) -> list[str]:
     return out
 
 
+def unique_name(words: list[str], j: int) -> str:
+    """The shortest description that picks out the object whose noun is at `j` among the
+    caption's objects, as people name one: its noun when no other object shares it ('remove the
+    circle'), else its noun with one modifier that no other such object has, colour first ('the
+    red circle' beside a blue one), else its whole phrase."""
+    def phrase(k: int) -> list[str]:
+        start = k
+        while start > 0 and _category(words[start - 1]) in MODIFIERS:
+            start -= 1
+        return words[start:k]
+    others = [set(phrase(k)) for k, w in enumerate(words) if w == words[j] and k != j]
+    if not others:
+        return words[j]
+    mods = phrase(j)
+    for cat in MODIFIERS:
+        for m in mods:
+            if _category(m) == cat and all(m not in o for o in others):
+                return f"{m} {words[j]}"
+    return " ".join([*mods, words[j]])
+
+
 def _head_noun(words: list[str], i: int) -> str:
     """The object noun that the value at `i` modifies ('small red circle': circle), or ''."""
     j = i + 1
@@ -229,7 +252,7 @@ def propose_edits(row: int, caption: str, rng: np.random.Generator, per_caption:
         rest = [w for j, w in enumerate(rest) if not (w == "and" and (j == 0 or j == len(rest) - 1 or rest[j - 1] == "and"))]
         phrase = " ".join(w for w in words[start:end + 1] if w not in ("a", "an"))
         out["remove"] = Candidate(row, "remove", phrase, "", " ".join(rest),
-                                  write(rng, "remove", {"obj": words[end], "phrase": phrase}))
+                                  write(rng, "remove", {"obj": unique_name(words, end), "phrase": phrase}))
     # add an object phrase before 'on a ... background' (or at the end), with the modifiers the
     # caption's first object phrase has ('a small red circle' -> add 'a large green star')
     obj = vocab["object"][int(rng.integers(len(vocab["object"])))] if vocab["object"] else None

@@ -5,10 +5,11 @@ and the world's val and test phrasings share no three fixed words with any of th
 
 Slots: {old} and {new} are the values an edit swaps (a colour, a size, an object noun, a count);
 {noun} the object noun a swapped value belongs to ("red circle": circle); {a_obj} an added
-object phrase with its article; {obj} a removed object's noun and {phrase} its whole phrase
-("small red circle"); {comparative} how a size edit compares its new value with the old one
-("bigger" for small -> large; `synth.comparative`). A template whose slots an edit lacks is never
-drawn for it.
+object phrase with its article; {obj} a removed object as people name one: its noun or, when
+another object shares the noun, the noun with a modifier that tells them apart
+(`synth.unique_name`); {phrase} its whole phrase ("small red circle"); {comparative} how a size
+edit compares its new value with the old one ("bigger" for small -> large; `synth.comparative`).
+A template whose slots an edit lacks is never drawn for it.
 """
 
 from __future__ import annotations
