@@ -24,7 +24,7 @@ commands printed it, and writes every number to --json. Runs already in a cache 
 a rerun only evaluates.
 
     python benchmarks/claims.py --split val --seeds 0 1 --cache-root DIR        # choosing settings
-    python benchmarks/claims.py --split test --seeds 13 14 15 --cache-root DIR   # the reported tables
+    python benchmarks/claims.py --split test --seeds 16 17 18 --cache-root DIR   # the reported tables
     python benchmarks/claims.py --split test --from-json s10.json s11.json ...   # seeds run apart
 
 A cold seed takes about 40 minutes on 2 cores.
