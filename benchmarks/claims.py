@@ -73,7 +73,8 @@ def synth(cache: str, data: str, seed: int, mode: str, n: int, match: str | None
         if (c["data"], c["mode"], c["max_triplets"], c["seed"], c.get("match")) == (data, mode, n, seed, match) \
                 and c.get("version") == SYNTH_VERSION:
             return str(manifest.parent / "triplets.jsonl")
-    out = Path(cache) / f"claims-{mode}-{match or 'exact'}-{n}-seed{seed}.jsonl"
+    # named by synth version too: a cache root reused after a version change writes them again
+    out = Path(cache) / f"claims-{mode}-{match or 'exact'}-{n}-seed{seed}-v{SYNTH_VERSION}.jsonl"
     if not out.is_file():
         zscir("synth", "--data", data, "--mode", mode, "--max-triplets", str(n), "--seed", str(seed),
               "--out", str(out), *MODEL, "--cache-dir", cache, *(["--match", match] if match else []))

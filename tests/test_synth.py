@@ -321,6 +321,8 @@ def test_a_size_edit_is_also_asked_for_by_comparison_and_no_other_edit_is():
 
 
 def test_a_removal_names_the_object_so_that_it_is_the_one_removed():
+    import re
+
     from zscir_cli.data.synth import unique_name
 
     def named(caption: str, k: int) -> str:  # the k-th object noun of the caption
@@ -330,18 +332,19 @@ def test_a_removal_names_the_object_so_that_it_is_the_one_removed():
     assert named("a small red circle and a large blue square", 0) == "circle"
     assert named("a small red circle and a large blue circle", 1) == "blue circle"  # colour first
     assert named("a small red circle and a large red circle", 0) == "small circle"
+    assert named("a big red circle and a large red circle", 0) == "big red circle"  # big and large say the same
+    assert named("a red circle and two blue circles", 0) == "red circle"  # a plural shares the noun
     assert named("a small red circle and a small red circle", 1) == "small red circle"  # nothing tells them apart
-    # every removal the template recipe writes names one object of its reference caption
+    # every removal the template recipe writes names the removed object by one of these: its
+    # shortest unique name, or its whole phrase ('remove the {phrase}')
     caption = "a small red circle, a large red circle and a small blue square on a gray background"
-    texts: dict[str, set[str]] = {}
+    allowed = {"small red circle": {"small circle", "small red circle"},
+               "large red circle": {"large circle", "large red circle"},
+               "small blue square": {"square", "small blue square"}}
+    name = re.compile(r"(?:(?:small|large|red|blue) )*(?:circle|square)")
+    said: dict[str, set[str]] = {}
     for seed in range(300):
         for c in propose_edits(0, caption, np.random.default_rng(seed), per_caption=5):
             if c.edit_type == "remove":
-                texts.setdefault(c.old, set()).add(c.modification)
-    assert set(texts) == {"small red circle", "large red circle", "small blue square"}
-    for removed, mods in texts.items():
-        others = [o for o in texts if o != removed]
-        for m in mods:  # 'remove the small circle', never the bare 'circle' of two
-            assert removed.split()[-1] in m and not any(f" {o} " in f" {m} " for o in others), (removed, m)
-            if removed.endswith("circle"):  # by size, or by its whole phrase ('remove the {phrase}')
-                assert "the circle" not in m and (f"{removed.split()[0]} circle" in m or removed in m), (removed, m)
+                said.setdefault(c.old, set()).update(name.findall(c.modification))
+    assert said == allowed  # each name drawn, and no other ('the circle' of two, another's name)

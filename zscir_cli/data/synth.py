@@ -171,22 +171,25 @@ def _fix_articles(words: list[str]) -> list[str]:
 def unique_name(words: list[str], j: int) -> str:
     """The shortest description that picks out the object whose noun is at `j` among the
     caption's objects, as people name one: its noun when no other object shares it ('remove the
-    circle'), else its noun with one modifier that no other such object has, colour first ('the
-    red circle' beside a blue one), else its whole phrase."""
+    circle'; 'circles' shares it too), else its noun with one modifier that no other such object
+    has, nor a synonym of it (big/large), colour first ('the red circle' beside a blue one), else
+    its whole phrase (which tells two 'red circles' apart no better, though either removed leaves
+    the same caption)."""
     def phrase(k: int) -> list[str]:
         start = k
         while start > 0 and _category(words[start - 1]) in MODIFIERS:
             start -= 1
         return words[start:k]
-    others = [set(phrase(k)) for k, w in enumerate(words) if w == words[j] and k != j]
+    noun = words[j]
+    others = [phrase(k) for k, w in enumerate(words) if w in (noun, noun + "s", noun + "es") and k != j]
     if not others:
-        return words[j]
+        return noun
     mods = phrase(j)
     for cat in MODIFIERS:
         for m in mods:
-            if _category(m) == cat and all(m not in o for o in others):
-                return f"{m} {words[j]}"
-    return " ".join([*mods, words[j]])
+            if _category(m) == cat and not any(_synonyms(m, x) for o in others for x in o):
+                return f"{m} {noun}"
+    return " ".join([*mods, noun])
 
 
 def _head_noun(words: list[str], i: int) -> str:
