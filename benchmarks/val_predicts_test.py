@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from val_recipes import EDITS, MODEL, fail, zscir
+from val_recipes import EDITS, MODEL, fail, parse_caches, zscir
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:
@@ -37,12 +37,7 @@ def main() -> None:
     ap.add_argument("--row", default="tscir", help="the claims row whose run is asked [default: tscir]")
     ap.add_argument("json", nargs="+", help="claims.py --split test --json output, one or more seeds each")
     args = ap.parse_args()
-    caches = {}
-    for c in args.cache:
-        seed, sep, folder = c.partition("=")
-        if not sep or not seed.isdigit() or not Path(folder).is_dir():
-            fail(f"--cache {c}: expected SEED=DIR with an existing folder, e.g. --cache 16=claims/seed-16")
-        caches[seed] = Path(folder)
+    caches = {str(seed): folder for seed, folder in parse_caches(args.cache).items()}
     test: dict[str, dict] = {}
     for f in args.json:
         try:

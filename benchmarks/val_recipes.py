@@ -100,18 +100,24 @@ def evaluate(cache: Path, run: str, wording: str) -> dict:
     return ev["results"]["tscir"]
 
 
+def parse_caches(values: list[str]) -> dict[int, Path]:
+    """`--cache SEED=DIR` options as {seed: folder}; exits with 2 on one that is not that."""
+    caches = {}
+    for c in values:
+        seed, sep, folder = c.partition("=")
+        if not sep or not seed.isdigit() or not Path(folder).is_dir():
+            fail(f"--cache {c}: expected SEED=DIR with an existing folder, e.g. --cache 0=claims/seed-0")
+        caches[int(seed)] = Path(folder)
+    return caches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", action="append", required=True, metavar="SEED=DIR",
                     help="a seed's cache made by benchmarks/claims.py --split val (repeat per seed)")
     ap.add_argument("recipes", nargs="+", metavar='NAME="SYNTH FLAGS|COMPOSE FLAGS"')
     args = ap.parse_args()
-    caches = {}
-    for c in args.cache:
-        seed, sep, folder = c.partition("=")
-        if not sep or not seed.isdigit() or not Path(folder).is_dir():
-            fail(f"--cache {c}: expected SEED=DIR with an existing folder, e.g. --cache 0=claims/seed-0")
-        caches[int(seed)] = Path(folder)
+    caches = parse_caches(args.cache)
     for spec in args.recipes:
         if "=" not in spec or (not spec.partition("=")[2].startswith("@run:") and "|" not in spec):
             fail(f"recipe {spec!r}: expected NAME=\"SYNTH FLAGS|COMPOSE FLAGS\" or NAME=@run:SEED=RUN,...")
