@@ -1,12 +1,13 @@
 """Does the shapes lab's val split predict its test split? The same trained runs, asked on both.
 
-Defaults are chosen on val; that is worth only as much as val ranks what test would rank. This
-takes the per-seed JSON that `benchmarks/claims.py --split test --json` wrote (the test numbers
-as reported, and which run made each row), asks the same run of one row (the default tscir,
-unless `--row` says otherwise) the val split's queries in the val wording, and prints, per seed,
-both splits side by side, then the means over the seeds and, across seeds, how val and test move
-together (Pearson's r of the per-seed R@1, overall and by edit type). Nothing is trained; test is
-not asked again.
+Defaults are chosen on val, which is worth what val says about test. This takes the per-seed
+JSON that `benchmarks/claims.py --split test --json` wrote (the test numbers as reported, and
+which run made each row), asks the same run of one row (the default tscir, unless `--row` says
+otherwise) the val split's queries in the val wording, and prints, per seed, both splits side by
+side, then the means over the seeds and how val and test move together across seeds (Pearson's r
+of the per-seed figures, overall and by edit type): whether a run that does better on val does
+better on test. It compares seeds (one run each), not recipes on the same seeds. Nothing is
+trained; test is not asked again.
 
     python benchmarks/val_predicts_test.py --cache 16=DIR/seed-16 --cache 17=DIR/seed-17 \\
         s16.json s17.json
@@ -20,7 +21,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from val_recipes import EDITS, MODEL, fail, parse_caches, zscir
+from val_recipes import EDITS, MODEL, fail, parse_caches, seed_of, zscir
+
+RUN_FOLDER = {"tscir": "stage2", "stage1": "stage1", "pic2word": "stage1"}  # where a row's run lies
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:
@@ -28,6 +31,10 @@ def pearson(xs: list[float], ys: list[float]) -> float:
         return statistics.correlation(xs, ys)
     except statistics.StatisticsError:  # fewer than two seeds, or one split constant
         return float("nan")
+
+
+def rounded(r: float) -> str:
+    return "n/a" if r != r else f"{r:+.2f}"  # NaN: fewer than two seeds, or one split constant
 
 
 def main() -> None:
@@ -41,22 +48,37 @@ def main() -> None:
     test: dict[str, dict] = {}
     for f in args.json:
         try:
-            for seed, rows in json.loads(Path(f).read_text()).items():
+            per_seed = json.loads(Path(f).read_text())
+            for seed, rows in per_seed.items():
+                if seed in test:
+                    fail(f"{f}: seed {seed} is also in an earlier JSON file: give each seed once")
                 test[seed] = rows[args.row]
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
             fail(f"{f}: expected claims.py --json output with a {args.row!r} row per seed ({e})")
     if set(test) != set(caches):
-        fail(f"seeds in the JSON ({', '.join(sorted(test, key=int))}) and --cache "
-             f"({', '.join(sorted(caches, key=int))}) differ: give one cache per seed")
-    seeds = sorted(test, key=int)
+        fail(f"seeds in the JSON ({', '.join(sorted(test))}) and --cache ({', '.join(sorted(caches))}) differ: "
+             "give one cache per seed")
+    seeds = sorted(test, key=int)  # --cache seeds are digits, and the two sets are equal
+    for seed in seeds:  # every input checked before the first evaluation
+        row, cache = test[seed], caches[seed]
+        method, run = row.get("method"), row.get("run")
+        if method not in RUN_FOLDER or not run:
+            fail(f"seed {seed}: the {args.row!r} row is no trained run of {', '.join(RUN_FOLDER)} "
+                 f"(method {method!r}, run {run!r}); pick such a row with --row")
+        missing = [k for k in ("R@1", "R@10", "by_edit_R@1") if k not in row]
+        if missing or set(EDITS) - set(row.get("by_edit_R@1", {})):
+            fail(f"seed {seed}: the {args.row!r} row lacks {', '.join(missing) or 'an edit type'}: "
+                 "expected claims.py --split test --json output")
+        if seed_of(cache)[0] != int(seed):
+            fail(f"--cache {seed}={cache}: that cache holds the world of seed {seed_of(cache)[0]}")
+        if not (cache / RUN_FOLDER[method] / run / "manifest.json").is_file():
+            fail(f"--cache {seed}={cache}: no {method} run {run} there; give the cache claims.py trained it in")
     val = {}
     for seed in seeds:
-        run = test[seed]["run"]
-        if not run:
-            fail(f"seed {seed}: the {args.row!r} row names no trained run")
-        ev = zscir("eval", "shapes", "--split", "val", "--method", "tscir", "--run", run, "--no-target-caption",
+        method, run = test[seed]["method"], test[seed]["run"]
+        ev = zscir("eval", "shapes", "--split", "val", "--method", method, "--run", run, "--no-target-caption",
                    *MODEL, "--cache-dir", str(caches[seed]))
-        val[seed] = ev["results"]["tscir"]
+        val[seed] = ev["results"][method]
         print(f"seed {seed}: run {run} asked on val", file=sys.stderr)
 
     def cells(r: dict) -> str:
@@ -79,7 +101,7 @@ def main() -> None:
         print(f"| mean | | {name} | " + " | ".join(f"{statistics.mean(series(per, k, g)):.1f}" for k, g in keys)
               + " |")
     print("| Pearson's r across seeds, val vs test | | | "
-          + " | ".join(f"{pearson(series(val, k, g), series(test, k, g)):+.2f}" for k, g in keys) + " |")
+          + " | ".join(rounded(pearson(series(val, k, g), series(test, k, g))) for k, g in keys) + " |")
 
 
 if __name__ == "__main__":

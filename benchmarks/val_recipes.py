@@ -107,6 +107,8 @@ def parse_caches(values: list[str]) -> dict[int, Path]:
         seed, sep, folder = c.partition("=")
         if not sep or not seed.isdigit() or not Path(folder).is_dir():
             fail(f"--cache {c}: expected SEED=DIR with an existing folder, e.g. --cache 0=claims/seed-0")
+        if int(seed) in caches:
+            fail(f"--cache {c}: seed {seed} is given twice; give one cache per seed")
         caches[int(seed)] = Path(folder)
     return caches
 
