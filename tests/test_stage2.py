@@ -57,6 +57,52 @@ def test_compose_train_puts_an_adapter_on_the_token_embeddings_unless_told_not_t
     assert build_adapters(enc, Stage2Config(triplets="")).cfg.layers == [0, 1, 2, 3, 4]
     assert build_adapters(enc, Stage2Config(triplets="", embedding_adapter=False)).cfg.layers == [1, 2, 3, 4]
     assert build_adapters(enc, Stage2Config(triplets="", adapter_layers=[2], embedding_adapter=False)).cfg.layers == [2]
+    assert build_adapters(enc, Stage2Config(triplets="", embedding_positions="words")).cfg.embedding_positions == "words"
+
+
+def test_a_row_names_the_positions_its_embedding_adapter_changes():
+    from types import SimpleNamespace
+
+    from zscir_cli.jobs.retrieval.methods import describe
+
+    def row(**config):
+        run = SimpleNamespace(manifest={"config": {"triplets": 5000, "hard_negatives": 8, "epochs": 10, **config},
+                                        "triplet_recipe": "template/content"})
+        return describe(SimpleNamespace(released=None, run=run, name="tscir"))
+
+    base = "Stage II: 5000 template/content triplets, adapters after 2 blocks{}, 8 hard negatives, 10 epochs"
+    assert row(adapter_layers=[0, 1, 2]) == base.format(" + embeddings")  # a run made before positions existed
+    assert row(adapter_layers=[0, 1, 2], embedding_positions="pseudo-word") == \
+        base.format(" + the pseudo-word's embedding")
+    assert row(adapter_layers=[0, 1, 2], embedding_positions="words") == base.format(" + the words' embeddings")
+    assert row(adapter_layers=[1, 2]) == base.format("")
+
+
+def test_the_embedding_adapter_changes_only_the_positions_it_is_told_to(tmp_path):
+    x = torch.randn(2, 5, 64)
+    mask = torch.tensor([[False, True, False, False, False], [False, False, False, True, False]])
+    changed = {}
+    for where in ("all", "pseudo-word", "words"):
+        adapters = ComposingAdapters(AdapterConfig(64, 4, dim=8, layers=[0, 2], embedding_positions=where))
+        with torch.no_grad():
+            adapters.blocks["0"].up.bias.fill_(0.5)
+            adapters.blocks["2"].up.bias.fill_(0.5)
+            hooks = adapters.hooks()
+            changed[where] = (hooks[0][0](x, None, mask) != x).any(-1)
+            assert (hooks[2][0](x, None, mask) != x).any(-1).all()  # a block adapter changes every position
+        adapters.save(tmp_path)
+        again = ComposingAdapters.load(tmp_path)
+        assert again.cfg.embedding_positions == where
+        assert torch.equal(again.hooks()[0][0](x, None, mask), hooks[0][0](x, None, mask))
+    assert changed["all"].all()
+    assert torch.equal(changed["pseudo-word"], mask) and torch.equal(changed["words"], ~mask)
+    # adapters saved before positions could be chosen load as changing every position
+    config = json.loads((tmp_path / "adapters.json").read_text())
+    del config["embedding_positions"]
+    (tmp_path / "adapters.json").write_text(json.dumps(config))
+    assert ComposingAdapters.load(tmp_path).cfg.embedding_positions == "all"
+    with pytest.raises(ValueError, match="Unknown embedding adapter positions 'pseudo'"):
+        ComposingAdapters(AdapterConfig(64, 4, 8, [0], "pseudo"))
 
 
 def test_adapter_layers_outside_the_depth():
@@ -214,6 +260,9 @@ def test_compose_train_bad_input(cli, cache, tmp_path):
                        "--cache-dir", cache, "--workers", "0")
     assert code == 2 and "Adapter layers 7 outside the text encoder's depth (blocks 1..4; 0: on the token" in err
     assert "Choose --adapter-layers between 0 and 4" in err
+    code, _, err = cli("compose-train", "--triplets", good, *TINY, "--embedding-adapter-on", "pseudo",
+                       "--cache-dir", cache)
+    assert code == 2 and "Unknown --embedding-adapter-on 'pseudo'. Use all, pseudo-word or words." in err
     code, _, err = cli("synth", "--captions", tmp_path / "none.csv", "--out", good, "--cache-dir", cache)
     assert code == 2 and "Captions file not found" in err
     code, _, err = cli("synth", "--out", good, "--cache-dir", cache)

@@ -35,6 +35,9 @@ def compose_train(
     embedding_adapter: Annotated[bool, typer.Option(
         help="Also an adapter on the token embeddings, before the first block (off: the paper's "
              "adapters).")] = D.embedding_adapter,
+    embedding_adapter_on: Annotated[str, typer.Option(
+        help="The token positions the embedding adapter changes: all, pseudo-word (the pseudo-word's "
+             "only) or words (every position but the pseudo-word's).")] = D.embedding_positions,
     hard_negatives: Annotated[int | None, typer.Option(
         min=0, help="K mined negatives per query, re-mined every epoch, besides its reference image; 0: in-batch "
                     f"negatives only.  [default: {D.hard_negatives}]", show_default=False)] = None,
@@ -73,6 +76,7 @@ def compose_train(
         raise UserError(f"--no-hard-negatives contradicts --hard-negatives {hard_negatives}.", "Pass one of them.")
     cfg = D(triplets=str(triplets), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, adapter_dim=adapter_dim,
             adapter_layers=parse_layers(adapter_layers), embedding_adapter=embedding_adapter,
+            embedding_positions=embedding_adapter_on,
             hard_negatives=0 if no_hard_negatives else (D.hard_negatives if hard_negatives is None else hard_negatives),
             tune_stage1=tune_stage1, false_negative_similarity=false_negative_similarity, stage1_weight=stage1_weight,
             caption_weight=caption_weight, temperature=temperature, stage1=stage1, skip_bad=skip_bad,

@@ -18,6 +18,7 @@ from torch import nn
 from zscir_cli.model.mapping import load_strict
 
 WEIGHTS = "adapters.safetensors"
+EMBEDDING_POSITIONS = ("all", "pseudo-word", "words")
 CONFIG = "adapters.json"
 
 
@@ -27,6 +28,9 @@ class AdapterConfig:
     depth: int  # blocks in the text tower
     dim: int = 64  # bottleneck width
     layers: list[int] = field(default_factory=list)  # 1-based blocks followed by an adapter; 0: embeddings
+    # which token positions the embedding adapter (layer 0) changes: every one, or only the
+    # pseudo-word's ("pseudo-word") or only the words' ("words"); the block adapters change all
+    embedding_positions: str = "all"
 
 
 class Adapter(nn.Module):
@@ -51,11 +55,20 @@ class ComposingAdapters(nn.Module):
         if bad:
             raise ValueError(f"Adapter layers {','.join(map(str, bad))} outside the text encoder's depth "
                              f"(blocks 1..{cfg.depth}; 0: on the token embeddings).")
-        self.cfg = AdapterConfig(cfg.width, cfg.depth, cfg.dim, layers)
+        if cfg.embedding_positions not in EMBEDDING_POSITIONS:
+            raise ValueError(f"Unknown embedding adapter positions '{cfg.embedding_positions}' "
+                             f"(one of {', '.join(EMBEDDING_POSITIONS)}).")
+        self.cfg = AdapterConfig(cfg.width, cfg.depth, cfg.dim, layers, cfg.embedding_positions)
         self.blocks = nn.ModuleDict({str(i): Adapter(cfg.width, cfg.dim) for i in layers})
 
     def hooks(self) -> dict[int, list]:
-        return {int(i): [lambda x, _tok, _mask, a=a: a(x)] for i, a in self.blocks.items()}
+        hooks = {int(i): [lambda x, _tok, _mask, a=a: a(x)] for i, a in self.blocks.items()}
+        where = self.cfg.embedding_positions
+        if "0" in self.blocks and where != "all":
+            a = self.blocks["0"]
+            keep = (lambda m: m) if where == "pseudo-word" else (lambda m: ~m)
+            hooks[0] = [lambda x, _tok, mask: torch.where(keep(mask).unsqueeze(-1), a(x), x)]
+        return hooks
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file

@@ -70,7 +70,9 @@ def describe(method: QueryMethod) -> str:
         parts = ["token learner", *(["VSI"] if cfg.get("vsi") else []), *(["STA"] if cfg.get("sta") else [])]
         return f"Stage I: {' + '.join(parts)}, {_counted(cfg.get('epochs'), 'epoch')}"
     layers = list(cfg.get("adapter_layers") or [])
-    blocks = _counted(len([x for x in layers if x]), "block") + (" + embeddings" if 0 in layers else "")
+    on = {"pseudo-word": " + the pseudo-word's embedding", "words": " + the words' embeddings"}
+    blocks = _counted(len([x for x in layers if x]), "block") + \
+        (on.get(cfg.get("embedding_positions", "all"), " + embeddings") if 0 in layers else "")
     return (f"Stage II: {cfg.get('triplets')} {m.get('triplet_recipe', 'unknown')} triplets, adapters after "
             f"{blocks}, {_counted(cfg.get('hard_negatives', 0), 'hard negative')}, "
             f"{_counted(cfg.get('epochs'), 'epoch')}")

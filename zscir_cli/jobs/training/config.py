@@ -74,6 +74,8 @@ class Stage2Config:
     adapter_layers: list[int] | None = None  # 1-based blocks followed by an adapter; None = every block
     # also an adapter on the token embeddings (layer 0), before the first block; off: the paper's
     embedding_adapter: bool = True
+    # the token positions the embedding adapter changes: all, pseudo-word or words (`model.adapters`)
+    embedding_positions: str = "all"
     # K mined negatives per query, besides its reference image; 0: in-batch negatives only
     hard_negatives: int = 8
     tune_stage1: bool = False  # unfreeze the Stage I mapper (the run then stores its own copy)

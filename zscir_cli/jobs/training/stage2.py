@@ -34,7 +34,7 @@ from zscir_cli.jobs.training.inputs import shared_features
 from zscir_cli.jobs.training.loop import TrainSpec, existing_run, train
 from zscir_cli.jobs.training.triplet_files import TripletFile, read_triplets
 from zscir_cli.jobs.training.validation import ShapesValidation
-from zscir_cli.model.adapters import AdapterConfig, ComposingAdapters
+from zscir_cli.model.adapters import EMBEDDING_POSITIONS, AdapterConfig, ComposingAdapters
 from zscir_cli.model.backbone import Backbone, ModelSpec
 from zscir_cli.model.losses import candidate_logits, info_nce
 from zscir_cli.model.mapping import PROMPT, Mapper, compose_tokens
@@ -143,7 +143,8 @@ def build_adapters(encoder: TextEncoder, cfg: Stage2Config) -> ComposingAdapters
     if cfg.embedding_adapter and 0 not in layers:
         layers = [0, *layers]
     try:
-        return ComposingAdapters(AdapterConfig(encoder.width, encoder.depth, cfg.adapter_dim, layers))
+        return ComposingAdapters(AdapterConfig(encoder.width, encoder.depth, cfg.adapter_dim, layers,
+                                               cfg.embedding_positions))
     except ValueError as e:
         raise UserError(str(e), f"Choose --adapter-layers between 0 and {encoder.depth}.") from e
 
@@ -157,6 +158,8 @@ def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifac
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
                    "triplets_sha256": sha, "triplets": len(data),
                    "adapter_layers": adapters.cfg.layers, "world_size": world_size()})
+    if config["embedding_positions"] == "all" or 0 not in adapters.cfg.layers:
+        del config["embedding_positions"]  # the key every run had before positions could be chosen
     inputs = inputs + [identity(s1), identity(data.feats.artifact)]
     return TrainSpec(kind=KIND, key=ctx.store.key_for(KIND, config, inputs), config=config, inputs=inputs,
                      seed=cfg.seed, model=backbone.spec.identity(),
@@ -196,6 +199,9 @@ def _save_run(adapters: ComposingAdapters, tuned: Mapper | None, folder: Path) -
 
 def compose_train(ctx: Context, spec: ModelSpec | None, cfg: Stage2Config, *, resume: bool = False,
                   force: bool = False, stop_after_epoch: int | None = None) -> Artifact | None:
+    if cfg.embedding_positions not in EMBEDDING_POSITIONS:  # before anything is read
+        raise UserError(f"Unknown --embedding-adapter-on '{cfg.embedding_positions}'.",
+                        f"Use {', '.join(EMBEDDING_POSITIONS[:-1])} or {EMBEDDING_POSITIONS[-1]}.")
     ctx, device, d = start_run(ctx)
     spec = spec or resolve_spec(ctx, cfg.model, cfg.pretrained)  # None: the backbone cfg names
     trip = read_triplets(Path(cfg.triplets), skip_bad=cfg.skip_bad, allow_outside=cfg.allow_outside_paths)
