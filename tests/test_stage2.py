@@ -60,6 +60,17 @@ def test_compose_train_puts_an_adapter_on_the_token_embeddings_unless_told_not_t
     assert build_adapters(enc, Stage2Config(triplets="", embedding_positions="words")).cfg.embedding_positions == "words"
 
 
+def test_embedding_adapter_positions_name_a_run_only_when_not_all():
+    from zscir_cli.jobs.training.config import Stage2Config
+    from zscir_cli.jobs.training.stage2 import key_settings
+
+    default = key_settings(Stage2Config(triplets="t.jsonl"), [0, 1, 2])
+    assert "embedding_positions" not in default and default["adapter_layers"] == [0, 1, 2]  # keys as before
+    words = key_settings(Stage2Config(triplets="t.jsonl", embedding_positions="words"), [0, 1, 2])
+    assert words == {**default, "embedding_positions": "words"}
+    assert "embedding_positions" not in key_settings(Stage2Config(triplets="t.jsonl", embedding_adapter=False), [1, 2])
+
+
 def test_a_row_names_the_positions_its_embedding_adapter_changes():
     from types import SimpleNamespace
 
@@ -74,7 +85,7 @@ def test_a_row_names_the_positions_its_embedding_adapter_changes():
     assert row(adapter_layers=[0, 1, 2]) == base.format(" + embeddings")  # a run made before positions existed
     assert row(adapter_layers=[0, 1, 2], embedding_positions="pseudo-word") == \
         base.format(" + the pseudo-word's embedding")
-    assert row(adapter_layers=[0, 1, 2], embedding_positions="words") == base.format(" + the words' embeddings")
+    assert row(adapter_layers=[0, 1, 2], embedding_positions="words") == base.format(" + embeddings but the pseudo-word's")
     assert row(adapter_layers=[1, 2]) == base.format("")
 
 
@@ -260,9 +271,13 @@ def test_compose_train_bad_input(cli, cache, tmp_path):
                        "--cache-dir", cache, "--workers", "0")
     assert code == 2 and "Adapter layers 7 outside the text encoder's depth (blocks 1..4; 0: on the token" in err
     assert "Choose --adapter-layers between 0 and 4" in err
-    code, _, err = cli("compose-train", "--triplets", good, *TINY, "--embedding-adapter-on", "pseudo",
-                       "--cache-dir", cache)
+    # refused before the triplet file is read (it does not exist)
+    code, _, err = cli("compose-train", "--triplets", tmp_path / "none.jsonl", *TINY, "--embedding-adapter-on",
+                       "pseudo", "--cache-dir", cache)
     assert code == 2 and "Unknown --embedding-adapter-on 'pseudo'. Use all, pseudo-word or words." in err
+    code, _, err = cli("compose-train", "--triplets", tmp_path / "none.jsonl", *TINY, "--embedding-adapter-on",
+                       "words", "--no-embedding-adapter", "--cache-dir", cache)
+    assert code == 2 and "--embedding-adapter-on words contradicts --no-embedding-adapter" in err
     code, _, err = cli("synth", "--captions", tmp_path / "none.csv", "--out", good, "--cache-dir", cache)
     assert code == 2 and "Captions file not found" in err
     code, _, err = cli("synth", "--out", good, "--cache-dir", cache)

@@ -70,7 +70,7 @@ def describe(method: QueryMethod) -> str:
         parts = ["token learner", *(["VSI"] if cfg.get("vsi") else []), *(["STA"] if cfg.get("sta") else [])]
         return f"Stage I: {' + '.join(parts)}, {_counted(cfg.get('epochs'), 'epoch')}"
     layers = list(cfg.get("adapter_layers") or [])
-    on = {"pseudo-word": " + the pseudo-word's embedding", "words": " + the words' embeddings"}
+    on = {"pseudo-word": " + the pseudo-word's embedding", "words": " + embeddings but the pseudo-word's"}
     blocks = _counted(len([x for x in layers if x]), "block") + \
         (on.get(cfg.get("embedding_positions", "all"), " + embeddings") if 0 in layers else "")
     return (f"Stage II: {cfg.get('triplets')} {m.get('triplet_recipe', 'unknown')} triplets, adapters after "

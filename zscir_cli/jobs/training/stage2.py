@@ -138,6 +138,17 @@ class ComposeLoss:
         return loss, logs
 
 
+def check_positions(cfg: Stage2Config) -> None:
+    """Refuse unknown embedding adapter positions, or positions without an embedding adapter,
+    before anything is read."""
+    if cfg.embedding_positions not in EMBEDDING_POSITIONS:
+        raise UserError(f"Unknown --embedding-adapter-on '{cfg.embedding_positions}'.",
+                        f"Use {', '.join(EMBEDDING_POSITIONS[:-1])} or {EMBEDDING_POSITIONS[-1]}.")
+    if cfg.embedding_positions != "all" and not cfg.embedding_adapter and 0 not in (cfg.adapter_layers or []):
+        raise UserError(f"--embedding-adapter-on {cfg.embedding_positions} contradicts --no-embedding-adapter: "
+                        "there is no embedding adapter to limit.", "Pass one of them.")
+
+
 def build_adapters(encoder: TextEncoder, cfg: Stage2Config) -> ComposingAdapters:
     layers = list(cfg.adapter_layers or range(1, encoder.depth + 1))
     if cfg.embedding_adapter and 0 not in layers:
@@ -149,17 +160,25 @@ def build_adapters(encoder: TextEncoder, cfg: Stage2Config) -> ComposingAdapters
         raise UserError(str(e), f"Choose --adapter-layers between 0 and {encoder.depth}.") from e
 
 
-def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifact, data: TripletData,
-                adapters: ComposingAdapters, inputs: list[dict], skipped: int) -> TrainSpec:
+def key_settings(cfg: Stage2Config, layers: list[int]) -> dict:
+    """The settings of `cfg` that name a run (its key, beside the backbone, Stage I run and
+    triplets), with the adapter layers as built: the embedding adapter is layer 0, and its positions
+    are named only when not all, so that every run made before they could be chosen keeps its key."""
     config = {k: v for k, v in asdict(cfg).items()
               if k not in ("triplets", "stage1", "skip_bad", "allow_outside_paths", "validate",
-                           "embedding_adapter", "pretrained")}  # embedding_adapter: in adapter_layers (0)
+                           "embedding_adapter", "pretrained")}
+    config["adapter_layers"] = list(layers)
+    if config["embedding_positions"] == "all" or 0 not in layers:
+        del config["embedding_positions"]
+    return config
+
+
+def _train_spec(ctx: Context, cfg: Stage2Config, backbone: Backbone, s1: Artifact, data: TripletData,
+                adapters: ComposingAdapters, inputs: list[dict], skipped: int) -> TrainSpec:
+    config = key_settings(cfg, adapters.cfg.layers)
     sha = file_sha256(Path(cfg.triplets))
     config.update({"model": backbone.spec.identity(), "stage1_run": s1.key,
-                   "triplets_sha256": sha, "triplets": len(data),
-                   "adapter_layers": adapters.cfg.layers, "world_size": world_size()})
-    if config["embedding_positions"] == "all" or 0 not in adapters.cfg.layers:
-        del config["embedding_positions"]  # the key every run had before positions could be chosen
+                   "triplets_sha256": sha, "triplets": len(data), "world_size": world_size()})
     inputs = inputs + [identity(s1), identity(data.feats.artifact)]
     return TrainSpec(kind=KIND, key=ctx.store.key_for(KIND, config, inputs), config=config, inputs=inputs,
                      seed=cfg.seed, model=backbone.spec.identity(),
@@ -199,9 +218,7 @@ def _save_run(adapters: ComposingAdapters, tuned: Mapper | None, folder: Path) -
 
 def compose_train(ctx: Context, spec: ModelSpec | None, cfg: Stage2Config, *, resume: bool = False,
                   force: bool = False, stop_after_epoch: int | None = None) -> Artifact | None:
-    if cfg.embedding_positions not in EMBEDDING_POSITIONS:  # before anything is read
-        raise UserError(f"Unknown --embedding-adapter-on '{cfg.embedding_positions}'.",
-                        f"Use {', '.join(EMBEDDING_POSITIONS[:-1])} or {EMBEDDING_POSITIONS[-1]}.")
+    check_positions(cfg)
     ctx, device, d = start_run(ctx)
     spec = spec or resolve_spec(ctx, cfg.model, cfg.pretrained)  # None: the backbone cfg names
     trip = read_triplets(Path(cfg.triplets), skip_bad=cfg.skip_bad, allow_outside=cfg.allow_outside_paths)
