@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from zscir_cli.core.cache import ArtifactStore
 from zscir_cli.jobs.context import Context
+from zscir_cli.jobs.training.ahead import StepBatches
 from zscir_cli.jobs.training.loop import interrupted_runs, read_metrics
 
 CFG = {"steps": 6, "batch_size": 8, "steps_per_epoch": 2, "seed": 0}  # 3 epochs of 2 steps
@@ -69,6 +70,38 @@ def test_pretrain_stopped_then_resumed_equals_uninterrupted(world, full, tmp_pat
     assert interrupted_runs(cache) == []
     again, built = pretrain(_ctx(cache), PretrainConfig(**CFG))
     assert not built and again.key == full.key
+
+
+def _square(g: int) -> int:
+    return g * g
+
+
+def test_step_batches_are_the_steps_asked_for_in_any_order():
+    ahead = StepBatches(_square, total=10, workers=1)
+    assert [ahead(g) for g in range(3)] == [0, 1, 4]
+    assert [ahead(7), ahead(8)] == [49, 64]  # asked out of order (a resumed run): made again from 7
+    assert ahead(2) == 4
+    ahead.close()
+    assert [StepBatches(_square, total=10, workers=0)(g) for g in (5, 1)] == [25, 1]
+
+
+@pytest.mark.slow
+def test_render_workers_change_no_weight(world, full, tmp_path):
+    """Batches rendered by worker processes, stopped and resumed with another number of them:
+    the weights of the run rendered in the training process."""
+    from zscir_cli.jobs.training.config import PretrainConfig
+    from zscir_cli.jobs.training.pretrain import pretrain
+
+    cache = _cache(world, tmp_path / "w")
+    stopped, _ = pretrain(Context(store=ArtifactStore(cache), device="cpu", workers=1), PretrainConfig(**CFG),
+                          stop_after_epoch=1)
+    assert stopped is None
+    art, built = pretrain(Context(store=ArtifactStore(cache), device="cpu", workers=2), PretrainConfig(**CFG),
+                          resume=True)
+    assert built and art.key == full.key
+    _same(_weights(full), _weights(art))
+    assert [r["loss"] for r in read_metrics(art.path / "metrics.jsonl")] == \
+        [r["loss"] for r in read_metrics(full.path / "metrics.jsonl")]
 
 
 @pytest.mark.slow

@@ -32,6 +32,11 @@ def pretrain(
         min=1, help="Steps between checkpoints (what --resume continues from).")] = D.steps_per_epoch,
     seed: Seed = D.seed,
     device: Device = "auto",
+    workers: Annotated[int | None, typer.Option(
+        help="Processes that render the next steps' scenes while the model trains on this one (0: rendered "
+             "between steps; the weights are the same) [default: 0 on the CPU, whose cores the training "
+             "uses; on CUDA one per spare core, at most 4].",
+        show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")] = False,
     force: Force = False,
     json_out: Json = False,
@@ -47,7 +52,7 @@ def pretrain(
 
     cfg = D(data=data, model=model, steps=steps, batch_size=batch_size, lr=lr, absence_negatives=absence_negatives,
             seed=seed, steps_per_epoch=steps_per_epoch)
-    art, built = run(make_context(cache_dir, device), cfg, force=force, resume=resume)
+    art, built = run(make_context(cache_dir, device, workers), cfg, force=force, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     report = art.manifest["eval"]

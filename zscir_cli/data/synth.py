@@ -15,6 +15,7 @@ This module never imports the model: the nearest-caption search takes an `embed`
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -68,11 +69,12 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
 
 
+# a word's category: looked up for every word of every caption a corpus's edits are matched on
+_CATEGORY = {w: cat for cat, words in VOCAB.items() if cat != "background" for w in words}
+
+
 def _category(word: str) -> str | None:
-    for cat, words in VOCAB.items():
-        if word in words and cat != "background":
-            return cat
-    return None
+    return _CATEGORY.get(word)
 
 
 def comparative(old: str, new: str) -> str:
@@ -158,6 +160,13 @@ class Content:
                 inside.update(range(k, j + 1))
         free = [w for i, w in enumerate(words) if i not in inside and _category(w) == "colour"]
         return Content(tuple(sorted(phrases)), tuple(sorted(free)))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _content(normalised: str) -> Content:
+    """`Content.of` a normalised caption, remembered: a corpus's captions repeat, and each is a
+    nearest caption of many edits."""
+    return Content.of(normalised.split())
 
 
 def _fix_articles(words: list[str]) -> list[str]:
@@ -357,9 +366,9 @@ def _accepts(c: Candidate, target_norm: str, match: str = "words") -> bool:
     same up to word order (`Content`): the same object phrases (an 'add' keeps the reference's
     objects, a 'remove' removes only the one, a colour goes to the object and not to the
     background) and the same free colour words; otherwise as words."""
-    want = Content.of(c.edited.split()) if match == "content" else None
+    want = _content(c.edited) if match == "content" else None
     if want is not None and want.objects:
-        return Content.of(target_norm.split()) == want
+        return _content(target_norm) == want
     padded = f" {target_norm} "
     words = set(target_norm.split())
     if c.edit_type == "background":

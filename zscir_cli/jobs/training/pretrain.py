@@ -13,6 +13,7 @@ every step sees new scenes: a batch is a function of the global step.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -32,6 +33,7 @@ from zscir_cli.jobs.backbones import CONFIG, KIND, WEIGHTS, user_errors
 from zscir_cli.jobs.context import Context
 from zscir_cli.jobs.datasets.store import find_dataset
 from zscir_cli.jobs.distributed import Dist, device_for, gather, init_distributed, world_size
+from zscir_cli.jobs.training.ahead import StepBatches
 from zscir_cli.jobs.training.clip_check import evaluate_backbone
 from zscir_cli.jobs.training.config import PretrainConfig
 from zscir_cli.jobs.training.loop import TrainSpec, partial_path, train
@@ -79,6 +81,16 @@ def _optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optim
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def render_workers(ctx: Context, device: torch.device) -> int:
+    """Processes that render the next steps while the model trains: as many as asked; by default
+    none on the CPU, where a worker takes its cores from the training's threads (2 cores: 0.96x
+    the speed, `benchmarks/pretrain_workers.py`), and one per spare core on an accelerator, which
+    waits for a batch rendered between its steps."""
+    if ctx.workers is not None:
+        return max(0, ctx.workers)
+    return 0 if device.type == "cpu" else ctx.num_workers()
 
 
 def shapes_world(data: Artifact) -> shapes.WorldConfig:
@@ -183,15 +195,20 @@ def _train(ctx: Context, cfg: PretrainConfig, world: shapes.WorldConfig, data: A
                                                 indent=2))
         (folder / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
 
+    ahead = StepBatches(functools.partial(_batch, world, cfg, tokenizer=tokenizer, image_size=image_size, rows=mine),
+                        cfg.steps, render_workers(ctx, device))
     spec = TrainSpec(kind=KIND, key=key, config=run_config(cfg), inputs=[identity(data)], seed=cfg.seed, model=None,
                      description=f"{cfg.model} trained {cfg.steps} steps on shapes (seed {cfg.seed})",
                      n_items=cfg.steps * cfg.batch_size, batch_size=cfg.batch_size, epochs=cfg.epochs,
                      lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                      steps_per_epoch=cfg.steps_per_epoch, total_steps=cfg.steps, log_every=LOG_EVERY)
-    art = train(ctx, spec, model, device=device, d=d, step_fn=step_fn, finalize=finalize, resume=resume,
-                stop_after_epoch=stop_after_epoch, conclude=conclude, after_step=clamp,
-                optimizer=lambda net: _optimizer(net, cfg),
-                batches=lambda g: (_batch(world, cfg, g, tokenizer, image_size, mine), g))
+    try:
+        art = train(ctx, spec, model, device=device, d=d, step_fn=step_fn, finalize=finalize, resume=resume,
+                    stop_after_epoch=stop_after_epoch, conclude=conclude, after_step=clamp,
+                    optimizer=lambda net: _optimizer(net, cfg),
+                    batches=lambda g: (ahead(g), g))
+    finally:
+        ahead.close()
     return art, bool(built) or (art is not None and not d.main)
 
 
