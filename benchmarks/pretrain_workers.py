@@ -7,7 +7,8 @@ next steps while the model trains on this one; the weights are the same either w
 (tests/test_pretrain.py). On the CPU the default is none: measured here, on 2 cores, one worker
 takes its core from the training's threads and gains nothing.
 Both settings train the same model, from the same seed, for the same steps, in one run of this
-script, alternating, each timed `--repeats` times; the fastest of each is compared. Prints steps
+script, alternating which goes first, each timed `--repeats` times; the fastest of each is
+compared. Prints steps
 per second and the ratio.
 
     python benchmarks/pretrain_workers.py [--steps 150] [--repeats 2] [--workers 1] [--device cuda]
@@ -42,8 +43,9 @@ def main() -> None:
         data, _ = prepare_shapes(Context(store=store), WorldConfig(train_pairs=200, val_pairs=100, cir_queries=20))
         cfg = PretrainConfig(data=data.key, steps=args.steps, steps_per_epoch=args.steps)
         best: dict[int, float] = {}
-        for _ in range(args.repeats):
-            for workers in (0, args.workers):  # the same run again (--force), rendered elsewhere
+        for r in range(args.repeats):
+            order = (0, args.workers) if r % 2 == 0 else (args.workers, 0)  # neither always runs first
+            for workers in order:  # the same run again (--force), rendered elsewhere
                 art, _ = pretrain(Context(store=store, device=args.device, workers=workers), cfg, force=True)
                 seconds = art.manifest["eval"]["train_seconds"]  # the training alone, not its evaluation
                 best[workers] = min(best.get(workers, float("inf")), seconds)

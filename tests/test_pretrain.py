@@ -72,17 +72,24 @@ def test_pretrain_stopped_then_resumed_equals_uninterrupted(world, full, tmp_pat
     assert not built and again.key == full.key
 
 
-def _square(g: int) -> int:
-    return g * g
+def _square(g: int) -> tuple[int, int]:
+    return g, g * g
 
 
 def test_step_batches_are_the_steps_asked_for_in_any_order():
-    ahead = StepBatches(_square, total=10, workers=1)
-    assert [ahead(g) for g in range(3)] == [0, 1, 4]
-    assert [ahead(7), ahead(8)] == [49, 64]  # asked out of order (a resumed run): made again from 7
-    assert ahead(2) == 4
+    import torch
+
+    rng = torch.get_rng_state()
+    ahead = StepBatches(_square, total=10, workers=2)
+    assert [ahead(g) for g in range(3)] == [(0, 0), (1, 1), (2, 4)]  # as made: tuples stay tuples
+    assert [ahead(7), ahead(8)] == [(7, 49), (8, 64)]  # asked out of order (a resumed run): made again from 7
+    assert ahead.running
+    assert ahead(9) == (9, 81) and not ahead.running  # the last step: the workers stop
+    assert ahead(2) == (2, 4)
     ahead.close()
-    assert [StepBatches(_square, total=10, workers=0)(g) for g in (5, 1)] == [25, 1]
+    assert not ahead.running
+    assert torch.equal(torch.get_rng_state(), rng)  # the training's RNG is not drawn from
+    assert [StepBatches(_square, total=10, workers=0)(g) for g in (5, 1)] == [(5, 25), (1, 1)]
 
 
 @pytest.mark.slow

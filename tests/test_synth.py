@@ -348,3 +348,11 @@ def test_a_removal_names_the_object_so_that_it_is_the_one_removed():
             if c.edit_type == "remove":
                 said.setdefault(c.old, set()).update(name.findall(c.modification))
     assert said == allowed  # each name drawn, and no other ('the circle' of two, another's name)
+
+
+def test_a_word_has_its_category_and_background_none():
+    from zscir_cli.data.synth import VOCAB, _category
+
+    assert [_category(w) for w in ("red", "circle", "small", "two", "striped", "background", "blue-ish")] == \
+        ["colour", "object", "size", "count", "pattern", None, None]
+    assert all(_category(w) == cat for cat, words in VOCAB.items() if cat != "background" for w in words)

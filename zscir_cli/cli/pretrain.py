@@ -33,9 +33,10 @@ def pretrain(
     seed: Seed = D.seed,
     device: Device = "auto",
     workers: Annotated[int | None, typer.Option(
-        help="Processes that render the next steps' scenes while the model trains on this one (0: rendered "
-             "between steps; the weights are the same) [default: 0 on the CPU, whose cores the training "
-             "uses; on CUDA one per spare core, at most 4].",
+        min=0, help="Processes that render the next steps' scenes while the model trains on this one (0: "
+                    "rendered between steps; the weights are the same), and that encode the val images after "
+                    "training [default: 0 for rendering on the CPU, whose cores the training uses, else one "
+                    "per spare core, at most 4].",
         show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run with these settings.")] = False,
     force: Force = False,

@@ -25,8 +25,9 @@ from filelock import FileLock, Timeout
 LOCK_DIR = ".locks"
 _locks: dict[str, FileLock] = {}
 _guard = threading.Lock()
-# a forked child holds none of its parent's locks (fcntl locks are not inherited) and must not
-# reuse its FileLock objects, which filelock refuses
+# a forked child must not take or release its parent's locks through their FileLock objects,
+# which filelock refuses (it shares their flock until it exits: a DataLoader worker forked under a
+# lock keeps it a few seconds past a killed parent, until it sees the parent gone)
 os.register_at_fork(after_in_child=_locks.clear)
 
 

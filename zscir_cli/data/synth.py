@@ -15,7 +15,6 @@ This module never imports the model: the nearest-caption search takes an `embed`
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -69,8 +68,13 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
 
 
-# a word's category: looked up for every word of every caption a corpus's edits are matched on
-_CATEGORY = {w: cat for cat, words in VOCAB.items() if cat != "background" for w in words}
+# a word's category (its first in VOCAB): looked up for every word of every caption that a
+# corpus's edits are matched on
+_CATEGORY: dict[str, str] = {}
+for _cat, _words in VOCAB.items():
+    for _w in _words:
+        if _cat != "background":
+            _CATEGORY.setdefault(_w, _cat)
 
 
 def _category(word: str) -> str | None:
@@ -160,13 +164,6 @@ class Content:
                 inside.update(range(k, j + 1))
         free = [w for i, w in enumerate(words) if i not in inside and _category(w) == "colour"]
         return Content(tuple(sorted(phrases)), tuple(sorted(free)))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _content(normalised: str) -> Content:
-    """`Content.of` a normalised caption, remembered: a corpus's captions repeat, and each is a
-    nearest caption of many edits."""
-    return Content.of(normalised.split())
 
 
 def _fix_articles(words: list[str]) -> list[str]:
@@ -311,6 +308,7 @@ def template_triplets(ids: Sequence[str], captions: Sequence[str],
     corpus = embed(list(norm)) if embed is not None else None
     pending = [c for c in cands if not exact.get(c.edited)]
     sims: dict[int, tuple[int, float]] = {}
+    contents: dict[str, Content] = {}  # each caption parsed once: captions repeat, and are nearest to many edits
     if corpus is not None and pending:
         for s in range(0, len(pending), 1024):
             chunk = pending[s:s + 1024]
@@ -321,7 +319,7 @@ def template_triplets(ids: Sequence[str], captions: Sequence[str],
             order = np.take_along_axis(scores, best, axis=1).argsort(axis=1)[:, ::-1]
             best = np.take_along_axis(best, order, axis=1)  # the 8 nearest, nearest first
             for j, c in enumerate(chunk):
-                sims[id(c)] = next(((int(b), float(scores[j, b])) for b in best[j] if _accepts(c, norm[b], match)),
+                sims[id(c)] = next(((int(b), float(scores[j, b])) for b in best[j] if _accepts(c, norm[b], match, contents)),
                                    (-1, float(scores[j, best[j, 0]])))
             if progress:
                 progress(len(chunk))
@@ -356,7 +354,8 @@ def template_triplets(ids: Sequence[str], captions: Sequence[str],
     return balance(by_type, max_triplets, rng, rejected)
 
 
-def _accepts(c: Candidate, target_norm: str, match: str = "words") -> bool:
+def _accepts(c: Candidate, target_norm: str, match: str = "words",
+             contents: dict[str, Content] | None = None) -> bool:
     """Whether a nearest caption may be the target of edit `c`.
 
     words (the paper's low-quality recipe): the target shows the new value and not the old
@@ -365,10 +364,18 @@ def _accepts(c: Candidate, target_norm: str, match: str = "words") -> bool:
     content: when the edited caption names objects of the vocabulary, the target must say the
     same up to word order (`Content`): the same object phrases (an 'add' keeps the reference's
     objects, a 'remove' removes only the one, a colour goes to the object and not to the
-    background) and the same free colour words; otherwise as words."""
-    want = _content(c.edited) if match == "content" else None
+    background) and the same free colour words; otherwise as words. `contents` remembers the
+    parsed captions across calls."""
+    memo = {} if contents is None else contents
+
+    def content(text: str) -> Content:
+        if text not in memo:
+            memo[text] = Content.of(text.split())
+        return memo[text]
+
+    want = content(c.edited) if match == "content" else None
     if want is not None and want.objects:
-        return _content(target_norm) == want
+        return content(target_norm) == want
     padded = f" {target_norm} "
     words = set(target_norm.split())
     if c.edit_type == "background":

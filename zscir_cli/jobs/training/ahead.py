@@ -3,8 +3,8 @@ batch is a function of the global step (pretraining renders its scenes at every 
 
 `StepBatches(make, total, workers)(g)` is `make(g)`: the same batch, whether workers made it or
 not, so a run's weights do not depend on how many there are. The workers make the steps after
-`g` while the loop trains on it; a step asked for out of order (a resumed run) starts them again
-from there.
+`g` while the loop trains on it (two each ahead); a step asked for out of order (a resumed run)
+starts them again from there, and they stop once the last step is handed over.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+def _as_made(item: Any) -> Any:
+    return item  # no collation: a worker's batch is handed over as `make` returned it
 
 
 class _Steps(Dataset):
@@ -45,11 +49,21 @@ class StepBatches:
             # a generator of its own: the workers' seeds are not drawn from the training's RNG
             loader = DataLoader(_Steps(self.make, g, self.total), batch_size=None, shuffle=False,
                                 num_workers=self.workers, prefetch_factor=self.ahead, persistent_workers=False,
-                                generator=torch.Generator())
+                                collate_fn=_as_made, generator=torch.Generator())
             self._it = iter(loader)
         self._next = g + 1
-        return next(self._it)
+        item = next(self._it)
+        if self._next >= self.total:  # the last step: no worker waits on through what follows
+            self.close()
+        return item
 
     def close(self) -> None:
-        """Stop the workers (they also stop once the last step is made)."""
-        self._it = None
+        """Stop the workers now (also on an error, whatever still refers to the iterator)."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+    @property
+    def running(self) -> bool:
+        return self._it is not None

@@ -86,8 +86,8 @@ def _optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optim
 def render_workers(ctx: Context, device: torch.device) -> int:
     """Processes that render the next steps while the model trains: as many as asked; by default
     none on the CPU, where a worker takes its cores from the training's threads (2 cores: 0.96x
-    the speed, `benchmarks/pretrain_workers.py`), and one per spare core on an accelerator, which
-    waits for a batch rendered between its steps."""
+    the speed, `benchmarks/pretrain_workers.py`), and one per spare core on an accelerator (CUDA,
+    MPS), which would otherwise wait for a batch rendered between its steps."""
     if ctx.workers is not None:
         return max(0, ctx.workers)
     return 0 if device.type == "cpu" else ctx.num_workers()
