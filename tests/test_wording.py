@@ -55,14 +55,6 @@ def test_every_word_of_the_held_out_phrasings_is_in_the_pretraining_captions(pre
     assert {w: counts[w] for w in needed if counts[w] < 50} == {}
 
 
-def test_every_word_of_the_training_wording_is_in_the_pretraining_captions(pretraining_captions):
-    """As a web-trained CLIP knows the words of any template a user writes, the base CLIP has seen
-    the training side's words too, in descriptions, before Stage II trains on them."""
-    counts = Counter(w for c in pretraining_captions for w in wording.words(c))
-    needed = {w for t in framed() for w in wording.fixed_words(t)}
-    assert {w: counts[w] for w in needed if counts[w] < 50} == {}
-
-
 def test_the_pretraining_captions_never_ask_for_an_edit(pretraining_captions):
     """The edit words are seen inside descriptions: no caption is a phrasing of any family."""
     rng = np.random.default_rng(0)
