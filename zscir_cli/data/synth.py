@@ -68,13 +68,9 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
 
 
-# a word's category (its first in VOCAB): looked up for every word of every caption that a
-# corpus's edits are matched on
-_CATEGORY: dict[str, str] = {}
-for _cat, _words in VOCAB.items():
-    for _w in _words:
-        if _cat != "background":
-            _CATEGORY.setdefault(_w, _cat)
+# a word's category, looked up for every word of every caption matched on: its first in VOCAB
+# (assigned last, as the categories are read in reverse)
+_CATEGORY = {w: cat for cat, words in reversed(VOCAB.items()) if cat != "background" for w in words}
 
 
 def _category(word: str) -> str | None:
@@ -367,15 +363,12 @@ def _accepts(c: Candidate, target_norm: str, match: str = "words",
     background) and the same free colour words; otherwise as words. `contents` remembers the
     parsed captions across calls."""
     memo = {} if contents is None else contents
-
-    def content(text: str) -> Content:
+    for text in ((c.edited, target_norm) if match == "content" else ()):
         if text not in memo:
             memo[text] = Content.of(text.split())
-        return memo[text]
-
-    want = content(c.edited) if match == "content" else None
+    want = memo[c.edited] if match == "content" else None
     if want is not None and want.objects:
-        return content(target_norm) == want
+        return memo[target_norm] == want
     padded = f" {target_norm} "
     words = set(target_norm.split())
     if c.edit_type == "background":
