@@ -38,8 +38,9 @@ def evaluate(
     oracle: Annotated[bool | None, typer.Option("--oracle/--no-oracle", hidden=True,
                                                  help="The old name of --target-caption.")] = None,
     wording: Annotated[str | None, typer.Option(
-        help="shapes: ask the same queries in another phrasing family (train, val or test) [default: the "
-             "split's own].", show_default=False)] = None,
+        help="shapes: ask the same queries in a phrasing family (train, val or test), one phrasing per query "
+             "and family, drawn from the query's id: for the split's own family, another draw than the split's "
+             "stored texts [default: the stored texts].", show_default=False)] = None,
     texts: Annotated[Path | None, typer.Option(
         "--texts", help="shapes: ask the same queries with these texts, a JSONL file of {\"query_id\": ..., "
                         "\"modification\": ...}, one line per query of the split.", show_default=False)] = None,
